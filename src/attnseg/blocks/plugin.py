@@ -1,0 +1,106 @@
+"""The attention plug-in mechanism shared by every backbone.
+
+A backbone takes ``attention="name"``, ``attention_kwargs={...}`` and
+``attention_at=("encoder", "decoder", "skip", "bottleneck")``, builds one
+:class:`AttentionPlugin` from them and asks it for a module at each site it offers:
+
+* ``encoder``/``decoder``/``bottleneck``: after the stage's convolutions, ``y = site(x)``;
+* ``skip``: on the skip tensor before it joins the decoder, ``y = site(skip, g)``, where
+  ``g`` is the coarser decoder tensor (used by gate modules such as ``ag``; ignored by
+  self-attention modules).
+
+Sites not listed in ``attention_at`` (or with ``attention=None``) get a pass-through, so the
+backbone code is the same whether attention is on or off.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+SITES: tuple[str, ...] = ("encoder", "decoder", "skip", "bottleneck")
+
+
+class AttentionSite(nn.Module):
+    """Wraps an attention module so every site is called as ``site(x, g=None)``.
+
+    With ``module=None`` it is the identity and holds no parameters.
+    """
+
+    def __init__(self, module: nn.Module | None = None, gated: bool = False) -> None:
+        super().__init__()
+        self.attn = module
+        self.gated = gated
+
+    def forward(self, x: torch.Tensor, g: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.attn is None:
+            return x
+        if self.gated:
+            if g is None:
+                raise ValueError("this attention gate needs a gating tensor g")
+            return self.attn(x, g)
+        return self.attn(x)
+
+
+class AttentionPlugin:
+    """Builds :class:`AttentionSite` modules for a backbone from plain keyword arguments."""
+
+    def __init__(
+        self,
+        attention: str | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        attention_at: str | Iterable[str] = ("encoder", "decoder"),
+    ) -> None:
+        if isinstance(attention_at, str):
+            attention_at = (attention_at,)
+        at = tuple(attention_at)
+        bad = [s for s in at if s not in SITES]
+        if bad:
+            raise ValueError(f"attention_at has unknown sites {bad}; choose from {SITES}")
+        self.name = None if attention in (None, "", "none") else attention
+        self.kwargs = dict(attention_kwargs or {})
+        self.at = at
+        if self.name is not None:
+            from attnseg.attention import get_attention
+
+            self.entry = get_attention(self.name)  # fails early on an unknown name
+            gated = bool(self.entry.tags.get("gated", False))
+            if gated and any(s != "skip" for s in self.at):
+                raise ValueError(f"attention {self.name!r} is a gate (needs a gating signal) and only "
+                                 f"works at the 'skip' site; got attention_at={self.at}")
+
+    def enabled(self, site: str) -> bool:
+        if site not in SITES:
+            raise ValueError(f"unknown attention site {site!r}; choose from {SITES}")
+        return self.name is not None and site in self.at
+
+    def build(
+        self,
+        site: str,
+        channels: int,
+        spatial_dims: int,
+        *,
+        gate_channels: int | None = None,
+        spatial_size: Sequence[int] | None = None,
+    ) -> AttentionSite:
+        """Module for one site. ``gate_channels`` is the width of the gating tensor (skip
+        sites); ``spatial_size`` is the feature-map size at the site when the backbone knows
+        it (needed only by size-bound modules such as fixed-form slice attention)."""
+        if not self.enabled(site):
+            return AttentionSite(None)
+        entry = self.entry
+        gated = bool(entry.tags.get("gated", False))
+        kwargs: dict[str, Any] = {"channels": channels, "spatial_dims": spatial_dims, **self.kwargs}
+        params = inspect.signature(entry.fn).parameters
+        if gated:
+            kwargs["gate_channels"] = gate_channels if gate_channels is not None else channels
+        if "spatial_size" in params and spatial_size is not None and "spatial_size" not in self.kwargs:
+            kwargs["spatial_size"] = tuple(int(s) for s in spatial_size)
+        return AttentionSite(entry.build(**kwargs), gated=gated)
+
+    def __repr__(self) -> str:
+        return f"AttentionPlugin({self.name!r}, at={self.at}, kwargs={self.kwargs})"

@@ -1,0 +1,71 @@
+"""Entry point of the ``attnseg`` command.
+
+Each sub-command lives in its own module ``attnseg.cli.<module>`` exposing
+``add_parser(subparsers)`` (which registers the parser and sets ``func``) and is listed
+in :data:`COMMANDS`. Modules are imported when the parser is built; heavy imports belong
+inside each command's ``run`` function so that ``attnseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from attnseg import __version__
+
+# command module names, in the order shown by --help
+COMMANDS: tuple[str, ...] = (
+    "models",
+    "attention",
+    "zoo",
+    "convert",
+    "data",
+    "train",
+    "predict",
+    "evaluate",
+    "report",
+    "cam",
+    "export",
+    "demo",
+    "ablate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnseg",
+        description="Attention-based segmentation of 2D and 3D medical images.",
+    )
+    parser.add_argument("--version", action="version", version=f"attnseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"attnseg.cli.{name}")
+        except ModuleNotFoundError as exc:  # command not built yet
+            if exc.name == f"attnseg.cli.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        # user errors: one clear line, no traceback
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"attnseg {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reports: terminal/Markdown tables, figures and HTML pages."""
