@@ -99,3 +99,14 @@ def test_attention_plugin_sites(dims):
         AttentionPlugin("cse", attention_at=("middle",))
     with pytest.raises(KeyError, match="Unknown attention"):
         AttentionPlugin("no-such-attention")
+
+
+def test_attention_plugin_chains_modules_in_order():
+    plug = AttentionPlugin(["cse", "cse"], [{"reduction": 2}, {"reduction": 4}], attention_at="decoder")
+    site = plug.build("decoder", 8, 3)
+    assert isinstance(site.attn, nn.Sequential) and len(site.attn) == 2
+    assert site.attn[0].fc1.out_features == 4 and site.attn[1].fc1.out_features == 2
+    x = torch.randn(1, 8, 3, 4, 5)
+    torch.testing.assert_close(site(x), site.attn[1](site.attn[0](x)))
+    with pytest.raises(ValueError, match="2 modules"):
+        AttentionPlugin(["cse", "cse"], [{}])

@@ -11,6 +11,10 @@ A backbone takes ``attention="name"``, ``attention_kwargs={...}`` and
 
 Sites not listed in ``attention_at`` (or with ``attention=None``) get a pass-through, so the
 backbone code is the same whether attention is on or off.
+
+``attention`` may also be a sequence of names applied one after another at each site (e.g.
+``["slice", "cse"]``, the reference's slice-then-channel SE); ``attention_kwargs`` is then a
+dict shared by all or a list with one dict per name. Gates cannot be chained.
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ class AttentionPlugin:
 
     def __init__(
         self,
-        attention: str | None = None,
-        attention_kwargs: dict[str, Any] | None = None,
+        attention: str | Sequence[str] | None = None,
+        attention_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
         attention_at: str | Iterable[str] = ("encoder", "decoder"),
     ) -> None:
         if isinstance(attention_at, str):
@@ -61,17 +65,27 @@ class AttentionPlugin:
         bad = [s for s in at if s not in SITES]
         if bad:
             raise ValueError(f"attention_at has unknown sites {bad}; choose from {SITES}")
-        self.name = None if attention in (None, "", "none") else attention
-        self.kwargs = dict(attention_kwargs or {})
-        self.at = at
-        if self.name is not None:
-            from attnseg.attention import get_attention
+        if attention is None or isinstance(attention, str):
+            names = [] if attention in (None, "", "none") else [attention]
+        else:
+            names = [a for a in attention if a not in (None, "", "none")]
+        if isinstance(attention_kwargs, (list, tuple)):
+            if len(attention_kwargs) != len(names):
+                raise ValueError(f"attention_kwargs has {len(attention_kwargs)} dicts for {len(names)} modules")
+            kwargs_list = [dict(k or {}) for k in attention_kwargs]
+        else:
+            kwargs_list = [dict(attention_kwargs or {}) for _ in names]
+        self.names, self.kwargs_list, self.at = names, kwargs_list, at
+        self.name = "+".join(names) if names else None
+        from attnseg.attention import get_attention
 
-            self.entry = get_attention(self.name)  # fails early on an unknown name
-            gated = bool(self.entry.tags.get("gated", False))
-            if gated and any(s != "skip" for s in self.at):
-                raise ValueError(f"attention {self.name!r} is a gate (needs a gating signal) and only "
-                                 f"works at the 'skip' site; got attention_at={self.at}")
+        self.entries = [get_attention(n) for n in names]  # fails early on an unknown name
+        self.gated = [bool(e.tags.get("gated", False)) for e in self.entries]
+        if any(self.gated) and len(names) > 1:
+            raise ValueError(f"attention gates cannot be chained with other modules: {names}")
+        if any(self.gated) and any(s != "skip" for s in self.at):
+            raise ValueError(f"attention {self.name!r} is a gate (needs a gating signal) and only "
+                             f"works at the 'skip' site; got attention_at={self.at}")
 
     def enabled(self, site: str) -> bool:
         if site not in SITES:
@@ -92,15 +106,17 @@ class AttentionPlugin:
         it (needed only by size-bound modules such as fixed-form slice attention)."""
         if not self.enabled(site):
             return AttentionSite(None)
-        entry = self.entry
-        gated = bool(entry.tags.get("gated", False))
-        kwargs: dict[str, Any] = {"channels": channels, "spatial_dims": spatial_dims, **self.kwargs}
-        params = inspect.signature(entry.fn).parameters
-        if gated:
-            kwargs["gate_channels"] = gate_channels if gate_channels is not None else channels
-        if "spatial_size" in params and spatial_size is not None and "spatial_size" not in self.kwargs:
-            kwargs["spatial_size"] = tuple(int(s) for s in spatial_size)
-        return AttentionSite(entry.build(**kwargs), gated=gated)
+        modules = []
+        for entry, gated, extra in zip(self.entries, self.gated, self.kwargs_list):
+            kwargs: dict[str, Any] = {"channels": channels, "spatial_dims": spatial_dims, **extra}
+            params = inspect.signature(entry.fn).parameters
+            if gated:
+                kwargs["gate_channels"] = gate_channels if gate_channels is not None else channels
+            if "spatial_size" in params and spatial_size is not None and "spatial_size" not in extra:
+                kwargs["spatial_size"] = tuple(int(s) for s in spatial_size)
+            modules.append(entry.build(**kwargs))
+        module = modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+        return AttentionSite(module, gated=self.gated[0])
 
     def __repr__(self) -> str:
-        return f"AttentionPlugin({self.name!r}, at={self.at}, kwargs={self.kwargs})"
+        return f"AttentionPlugin({self.name!r}, at={self.at}, kwargs={self.kwargs_list})"
