@@ -1,0 +1,99 @@
+"""Checkpoint files: atomic writes, safe loading, and rebuilding the model they describe.
+
+An attnseg checkpoint is a plain dict (only tensors, numbers, strings, lists and dicts, so
+it loads with ``torch.load(weights_only=True)``)::
+
+    {"format": "attnseg-checkpoint", "attnseg_version": str,
+     "model_name": str, "model_kwargs": dict, "model": state_dict,
+     # training checkpoints add: "optimizer", "scheduler", "scaler", "epoch", "iteration",
+     # "rng", "config", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "attnseg-checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, unsafe or not an attnseg checkpoint."""
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder is written,
+    flushed to disk and renamed over ``path``, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; anything that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: the file contains objects other than tensors and "
+                              f"plain containers, which could run code when unpickled ({exc})") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def model_checkpoint(model_name: str, model_kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                     **extra: Any) -> dict[str, Any]:
+    """The minimal attnseg checkpoint dict for a model (training adds more keys via ``extra``)."""
+    from attnseg import __version__
+
+    return {"format": FORMAT, "attnseg_version": __version__, "model_name": model_name,
+            "model_kwargs": dict(model_kwargs), "model": state_dict, **extra}
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, strict: bool = True,
+                                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the registered model a checkpoint describes and load its weights.
+
+    Returns ``(model, checkpoint_dict)``; the model is in eval mode.
+    """
+    from attnseg.models import create_model
+
+    where = "checkpoint"
+    if not isinstance(ckpt, dict):
+        where = str(ckpt)
+        ckpt = load_checkpoint(ckpt, map_location)
+    missing = [k for k in ("model_name", "model") if k not in ckpt]
+    if missing:
+        hint = (" It looks like a reference checkpoint: convert it with `attnseg convert-checkpoint`."
+                if "net" in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "")
+        raise CheckpointError(f"{where}: not an attnseg checkpoint (missing {missing}).{hint}")
+    model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+    state = ckpt["model"]
+    # checkpoints written from DDP or torch.compile wrappers carry prefixes
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    model.load_state_dict(state, strict=strict)
+    return model.eval(), ckpt
