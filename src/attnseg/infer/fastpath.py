@@ -1,0 +1,189 @@
+"""CPU fast paths for 3D (and 2D) inference that keep fp32 results exact up to float rounding.
+
+Three things make a PyTorch 3D U-Net run well below what a CPU can do (measured with the
+profiler on torch 2.13, see docs/inference.md):
+
+1. **Batch-1 convolutions on the slow im2col path.** PyTorch picks oneDNN (``mkldnn_convolution``)
+   for a CPU float conv only if ``N*C*D*H > 20480`` (or batch > 1, or grouped / large kernels);
+   otherwise it runs ``slow_conv3d`` (im2col + GEMM), 3-12x slower. Batch-1 windows hit this
+   on the first layer of a 4-channel input at 64^3 and on every deep level (e.g. 64 channels
+   at 16^3). :func:`prepare_model` swaps ``Conv{2,3}d`` modules to subclasses that call oneDNN
+   directly (same weights, same state dict, same maths).
+2. **Memory format.** oneDNN is fastest with channels-last activations, and transposed 3D
+   convolutions are ~5x faster in channels-last (``channels_last_3d``); the model's weights and
+   the inputs are converted once.
+3. **malloc churn.** glibc serves allocations above ``M_MMAP_THRESHOLD`` (at most 32 MiB) with
+   ``mmap`` and returns them with ``munmap`` on free, so every window re-faults hundreds of MB of
+   activations (kernel time). :func:`tune_malloc` uses ``mallopt`` to serve large blocks from
+   the heap and keep freed memory (no mmap, high trim threshold), in-process, without re-exec.
+
+``enable_cpu_fastpaths()`` applies the process-wide part (3); ``prepare_model`` / ``prepare_input``
+the per-model part (1, 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OneDNNConv2d",
+    "OneDNNConv3d",
+    "enable_cpu_fastpaths",
+    "ensure_malloc_env",
+    "onednn_bf16_supported",
+    "prepare_input",
+    "prepare_model",
+    "tune_malloc",
+    "unprepare_model",
+]
+
+# mallopt parameter numbers from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+
+_STATE: dict[str, Any] = {}
+
+
+def tune_malloc(trim_threshold: int = 1 << 30, disable_mmap: bool = True) -> bool:
+    """Ask glibc to keep large freed blocks for reuse instead of returning them to the kernel.
+
+    ``M_MMAP_MAX = 0`` serves every block from the heap (the mmap threshold itself cannot be
+    raised above 32 MiB, smaller than one activation map of a 128^3 window) and
+    ``M_TRIM_THRESHOLD = trim_threshold`` keeps up to that many free bytes at the heap top.
+    Returns False where glibc's ``mallopt`` is unavailable (musl, macOS, Windows): nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1
+    if disable_mmap:
+        ok = mallopt(_M_MMAP_MAX, 0) == 1 and ok
+    _STATE["malloc"] = ok
+    return ok
+
+
+def ensure_malloc_env(env: dict[str, str] | None = None) -> None:
+    """Re-execute the current process once with glibc malloc environment variables set.
+
+    Alternative to :func:`tune_malloc` for code that must set the thresholds before the
+    interpreter allocates anything. Does nothing if the variables are already set (so it
+    cannot loop) or when ``ATTNSEG_NO_REEXEC`` is set.
+    """
+    env = env or {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+    if os.environ.get("ATTNSEG_NO_REEXEC") or all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    new_env = {**os.environ, **env}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], new_env)
+
+
+def enable_cpu_fastpaths(malloc: bool = True) -> dict[str, Any]:
+    """Process-wide CPU settings for inference/training; returns what was applied."""
+    applied = {"malloc": tune_malloc() if malloc else False,
+               "mkldnn": torch.backends.mkldnn.is_available(),
+               "threads": torch.get_num_threads()}
+    _STATE.update(applied)
+    return applied
+
+
+def onednn_bf16_supported() -> bool:
+    """True if oneDNN can run bf16 convolutions natively on this CPU (AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT); elsewhere bf16 convolutions are emulated and slower than fp32."""
+    if "bf16" not in _STATE:
+        try:
+            x = torch.zeros(1, 1, 2, 2, 2, dtype=torch.bfloat16)
+            torch.ops.aten.mkldnn_convolution(x, torch.zeros(1, 1, 1, 1, 1, dtype=torch.bfloat16), None,
+                                              [0, 0, 0], [1, 1, 1], [1, 1, 1], 1)
+            _STATE["bf16"] = True
+        except RuntimeError:
+            _STATE["bf16"] = False
+    return bool(_STATE["bf16"])
+
+
+def _onednn_forward(self: nn.Conv2d | nn.Conv3d, x: torch.Tensor, nd: int, base: type) -> torch.Tensor:
+    usable = (x.device.type == "cpu" and x.dim() == nd + 2 and self.padding_mode == "zeros"
+              and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available())
+    if usable:
+        w, b = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            # autocast does not know this op: cast the way it would cast conv{2,3}d
+            dt = torch.get_autocast_dtype("cpu")
+            if dt == torch.bfloat16 and not onednn_bf16_supported():
+                return base.forward(self, x)
+            x, w = x.to(dt), w.to(dt)
+            b = b.to(dt) if b is not None else None
+        if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) and \
+                (x.dtype == torch.float32 or onednn_bf16_supported()):
+            return torch.ops.aten.mkldnn_convolution(x, w, b, list(self.padding), list(self.stride),
+                                                     list(self.dilation), self.groups)
+    return base.forward(self, x)
+
+
+class OneDNNConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that always uses oneDNN on CPU (falls back to the default otherwise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn_forward(self, x, 3, nn.Conv3d)
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that always uses oneDNN on CPU (falls back to the default otherwise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn_forward(self, x, 2, nn.Conv2d)
+
+
+def prepare_model(model: nn.Module, spatial_dims: int = 3, onednn: bool = True,
+                  channels_last: bool = True) -> nn.Module:
+    """Convert ``model`` in place for fast CPU inference and return it.
+
+    ``onednn``: swap every plain ``nn.Conv3d``/``nn.Conv2d`` (exact class, not subclasses) to
+    the oneDNN-routing subclass; parameters and state-dict keys are unchanged.
+    ``channels_last``: convert 4D/5D weights to channels-last(-3d). Has no effect on CUDA models
+    other than the memory format.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if onednn:
+        for m in model.modules():
+            if type(m) is nn.Conv3d:
+                m.__class__ = OneDNNConv3d
+            elif type(m) is nn.Conv2d:
+                m.__class__ = OneDNNConv2d
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    return model
+
+
+def unprepare_model(model: nn.Module) -> nn.Module:
+    """Undo the class swap of :func:`prepare_model` (e.g. before export); weights stay as they are."""
+    for m in model.modules():
+        if type(m) is OneDNNConv3d:
+            m.__class__ = nn.Conv3d
+        elif type(m) is OneDNNConv2d:
+            m.__class__ = nn.Conv2d
+    return model
+
+
+def prepare_input(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last(-3d) copy of a 4D/5D tensor (no copy if it already is); other ranks unchanged."""
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -1,0 +1,148 @@
+"""Sliding-window inferer: parity with MONAI, padding, mirroring, streaming, fast paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from attnseg.infer.fastpath import (
+    OneDNNConv3d,
+    prepare_input,
+    prepare_model,
+    tune_malloc,
+    unprepare_model,
+)
+from attnseg.infer.sliding_window import SlidingWindowInferer, importance_map, mirror_combinations, window_starts
+
+
+def _net(dims: int = 3, cin: int = 2, cout: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    conv = nn.Conv3d if dims == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+    # position-dependent output (norm over the window) so that blending actually matters
+    return nn.Sequential(conv(cin, 8, 3, padding=1), norm(8), nn.LeakyReLU(), conv(8, cout, 1)).eval()
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("shape,roi,overlap,swb", [
+    ((1, 2, 23, 18, 15), (8, 8, 8), 0.5, 1),
+    ((2, 2, 20, 17, 9), (8, 6, 12), (0.25, 0.5, 0.6), 3),   # roi larger than axis 2: padding
+    ((1, 2, 31, 29), (12, 10), 0.5, 2),                      # 2D
+])
+def test_matches_monai(shape, roi, overlap, swb, blend):
+    dims = len(shape) - 2
+    net = _net(dims)
+    x = torch.randn(shape)
+    ref = sliding_window_inference(x, roi, swb, net, overlap=overlap, mode=blend)
+    out = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=swb, blend=blend)(x, net)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4, rtol=0), (out - ref).abs().max()
+
+
+def test_matches_monai_with_fastpaths_and_sigma():
+    net = _net(3)
+    x = torch.randn(1, 2, 21, 19, 17)
+    ref = sliding_window_inference(x, (10, 10, 10), 1, net, overlap=0.5, mode="gaussian", sigma_scale=0.25)
+    fast = prepare_model(_net(3), 3)
+    inf = SlidingWindowInferer((10, 10, 10), overlap=0.5, blend="gaussian", sigma_scale=0.25, channels_last=True)
+    out = inf(x, fast)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=0)
+
+
+def test_window_grid_and_map_match_monai():
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for size, roi, ov in [(240, 128, 0.5), (155, 128, 0.5), (155, 96, 0.5), (37, 8, 0.75), (7, 7, 0.5)]:
+        interval = _get_scan_interval((size,), (roi,), 1, (ov,))
+        ref = [s[0].start for s in dense_patch_slices((size,), (roi,), interval)]
+        assert window_starts(size, roi, ov) == ref
+    for roi in [(8, 12, 5), (16, 16)]:
+        ref = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125)
+        assert torch.allclose(importance_map(roi, "gaussian", 0.125), ref, atol=1e-7)
+
+
+def test_constant_blend_of_constant_predictor_is_exact():
+    x = torch.zeros(1, 1, 19, 13, 11)
+    out = SlidingWindowInferer(8, overlap=0.5, blend="gaussian")(x, lambda w: torch.full_like(w, 3.0))
+    assert torch.allclose(out, torch.full_like(x, 3.0), atol=1e-6)
+
+
+def test_mirroring_averages_flips():
+    x = torch.randn(1, 1, 8, 8, 8)
+    # predictor that depends on position: x + a ramp along axis 0; mirroring averages the ramp
+    ramp = torch.arange(8.0).view(1, 1, 8, 1, 1)
+    out = SlidingWindowInferer(8, mirror_axes=(0,))(x, lambda w: w + ramp)
+    expected = x + (ramp + ramp.flip(2)) / 2
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert mirror_combinations((2, 0)) == [(), (0,), (2,), (0, 2)]
+
+
+def test_probs_and_dict_outputs():
+    x = torch.randn(1, 2, 10, 10, 10)
+    net = _net(3)
+    logits = SlidingWindowInferer(6)(x, net)
+    probs = SlidingWindowInferer(6, output="probs", activation="softmax")(x, lambda w: {"out": net(w)})
+    assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-6)
+    sig = SlidingWindowInferer(6, output="probs")(x, net)
+    assert torch.allclose(sig, torch.sigmoid(logits), atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="overlap"):
+        SlidingWindowInferer(8, overlap=1.0)
+    with pytest.raises(ValueError, match="blend"):
+        SlidingWindowInferer(8, blend="tri")
+    with pytest.raises(ValueError, match="spatial dimensions"):
+        SlidingWindowInferer((8, 8))(torch.zeros(1, 1, 8, 8, 8), lambda w: w)
+    with pytest.raises(ValueError, match="does not match"):
+        SlidingWindowInferer(8)(torch.zeros(1, 1, 8, 8, 8), lambda w: w[..., :4])
+
+
+def test_streaming_calls_predictor_per_window_batch():
+    # 3 x 3 x 3 windows, batch 2 → 14 calls, each at most 2 windows; never all windows at once
+    sizes = []
+
+    def pred(w):
+        sizes.append(w.shape[0])
+        return w
+
+    SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2)(torch.zeros(1, 1, 16, 16, 16), pred)
+    assert sum(sizes) == 27 and max(sizes) == 2 and len(sizes) == 14
+
+
+def test_onednn_conv_equals_default_and_keeps_state_dict():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv3d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv3d(16, 2, 3, stride=2, padding=1),
+                        nn.ConvTranspose3d(2, 2, 2, stride=2)).eval()
+    x = torch.randn(1, 4, 12, 12, 12)
+    with torch.no_grad():
+        ref = net(x)
+        keys = set(net.state_dict())
+        fast = prepare_model(net, 3)
+        assert isinstance(fast[0], OneDNNConv3d) and set(fast.state_dict()) == keys
+        with torch.profiler.profile() as prof:
+            out = fast(prepare_input(x))
+    kernels = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    unprepare_model(fast)
+    assert type(fast[0]) is nn.Conv3d
+
+
+def test_onednn_conv_gradients_match():
+    torch.manual_seed(2)
+    ref = nn.Conv3d(2, 4, 3, padding=1)
+    fast = prepare_model(nn.Conv3d(2, 4, 3, padding=1), 3, channels_last=False)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 6, 6, 6)
+    ref(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    assert torch.allclose(ref.weight.grad, fast.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_tune_malloc_is_harmless():
+    assert tune_malloc() in (True, False)
+    assert torch.ones(1 << 22).sum().item() == float(1 << 22)
