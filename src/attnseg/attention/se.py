@@ -1,4 +1,4 @@
-"""Channel squeeze-and-excitation (Hu et al., 2018)."""
+"""Squeeze-and-excitation family: channel SE (Hu et al., 2018), spatial SE and scSE (Roy et al., 2018)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.blocks import check_spatial_dims
+from attnseg.blocks import check_spatial_dims, conv
 
 
 class ChannelSE(nn.Module):
@@ -46,3 +46,53 @@ class ChannelSE(nn.Module):
                     description="Channel squeeze-and-excitation (Hu et al. 2018)")
 def cse(channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str = "avg") -> nn.Module:
     return ChannelSE(channels, spatial_dims, reduction, pooling)
+
+
+class SpatialSE(nn.Module):
+    """Spatial squeeze-and-excitation (Roy et al., 2018): a 1×1(×1) convolution ``C → 1``
+    (``conv``), sigmoid, and every voxel of every channel scaled by that map.
+
+    Shape: ``(B, C, *spatial)`` → same.
+    """
+
+    def __init__(self, channels: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.conv = conv(check_spatial_dims(spatial_dims), channels, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x))
+
+
+class ConcurrentSE(nn.Module):
+    """scSE (Roy et al., 2018): channel SE (``cse``) and spatial SE (``sse``) applied to the same
+    input and combined by ``combine``: ``"max"`` (element-wise maximum), ``"add"``/``"sum"``
+    or ``"mul"`` (``x · s_c · s_s``). Shape ``(B, C, *spatial)`` → same.
+    """
+
+    def __init__(self, channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str = "avg",
+                 combine: str = "max") -> None:
+        super().__init__()
+        combine = {"sum": "add"}.get(combine, combine)
+        if combine not in ("max", "add", "mul"):
+            raise ValueError(f"combine must be max, add/sum or mul, got {combine!r}")
+        self.combine = combine
+        self.cse = ChannelSE(channels, spatial_dims, reduction, pooling)
+        self.sse = SpatialSE(channels, spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.combine == "mul":
+            return self.sse(self.cse(x))
+        a, b = self.cse(x), self.sse(x)
+        return torch.maximum(a, b) if self.combine == "max" else a + b
+
+
+@register_attention("sse", family="spatial", description="Spatial squeeze-and-excitation (Roy et al. 2018)")
+def sse(channels: int, spatial_dims: int = 3) -> nn.Module:
+    return SpatialSE(channels, spatial_dims)
+
+
+@register_attention("scse", family="channel+spatial",
+                    description="Concurrent channel and spatial SE, combined by max or sum (Roy et al. 2018)")
+def scse(channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str = "avg",
+         combine: str = "max") -> nn.Module:
+    return ConcurrentSE(channels, spatial_dims, reduction, pooling, combine)

@@ -1,0 +1,137 @@
+"""Memory-lean "pool → tiny network → rescale" kernel shared by the SE-style modules.
+
+Many attention modules compute a small scale tensor from average-pooled statistics of
+their input and multiply the input by it::
+
+    z = mean of x over every axis except (B, C, slice)     # (B, C, D), tiny
+    a = f(z; params)                                         # (B, C, D), tiny
+    y = x * a   (broadcast over the pooled axes)
+
+Plain autograd for this keeps the full-size product ``g * x`` and a second full-size
+gradient (the broadcast of ``dL/dz``) and adds them, i.e. several extra passes over
+memory. :class:`PooledScale` does the backward in two passes: one batched dot product
+``dL/da = Σ g·x`` (via ``einsum``, which lowers to a batched matrix product without a
+full-size temporary) and one fused ``addcmul`` that writes ``g·a + dL/dz / n`` straight
+into the input gradient. ``f`` is re-run on the tiny ``z`` inside the backward to get
+``dL/dz`` and the parameter gradients, so nothing full-size is saved apart from ``x``
+itself (which any multiply must keep anyway).
+
+``x`` is handled as the 5-D view ``(B, C, pre, D, post)``: ``D`` is the pooled-over-not
+axis (the slice axis; ``D = 1`` gives ordinary channel attention) and ``pre``/``post``
+are the products of the spatial sizes before/after it, so no copy is needed for any axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def slice_layout(shape: Sequence[int], slice_axis: int | None) -> tuple[int, int, int, int, int]:
+    """``(B, C, pre, D, post)`` for ``x.shape`` with the slice axis given as an index into
+    the spatial dims (``None`` → one "slice" covering everything, i.e. channel pooling)."""
+    b, c, *spatial = (int(s) for s in shape)
+    if slice_axis is None:
+        n = 1
+        for s in spatial:
+            n *= s
+        return b, c, 1, 1, n
+    pre = post = 1
+    for s in spatial[:slice_axis]:
+        pre *= s
+    for s in spatial[slice_axis + 1:]:
+        post *= s
+    return b, c, pre, spatial[slice_axis], post
+
+
+def pooled_mean(x5: torch.Tensor) -> torch.Tensor:
+    """``(B, C, pre, D, post)`` → per-slice mean ``(B, C, D)``."""
+    if x5.shape[2] == 1:
+        return x5[:, :, 0].mean(-1)
+    return x5.mean(dim=(2, 4))
+
+
+def pooled_max(x5: torch.Tensor) -> torch.Tensor:
+    """``(B, C, pre, D, post)`` → per-slice max ``(B, C, D)``."""
+    if x5.shape[2] == 1:
+        return x5[:, :, 0].amax(-1)
+    return x5.amax(dim=(2, 4))
+
+
+def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
+    """The custom-backward path is used only when a gradient will be taken and we are not
+    being traced or exported (tracers and exporters see the plain, equivalent ops)."""
+    if not torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.onnx.is_in_onnx_export():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in params)
+
+
+class PooledScale(torch.autograd.Function):
+    """``y = x * f(mean-pooled x)`` with a two-pass backward (see the module docstring).
+
+    ``apply(x, layout, f, *params)``: ``layout = (B, C, pre, D, post)`` from
+    :func:`slice_layout`; ``f`` maps ``z`` of shape ``(B, C, D)`` to ``a`` of the same
+    shape using only ``params`` (module parameters) and constants.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: tuple[int, ...], fn: Callable[[torch.Tensor], torch.Tensor],
+                *params: torch.Tensor) -> torch.Tensor:
+        b, c, pre, d, post = layout
+        x5 = x.reshape(b, c, pre, d, post)
+        z = pooled_mean(x5)
+        a = fn(z)
+        ctx.save_for_backward(x, z, *params)
+        ctx.layout, ctx.fn = layout, fn
+        return (x5 * a.view(b, c, 1, d, 1)).view(x.shape)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, z, *params = ctx.saved_tensors
+        b, c, pre, d, post = ctx.layout
+        x5 = x.reshape(b, c, pre, d, post)
+        g5 = g.reshape(b, c, pre, d, post)
+        # dL/da[b,c,d] = Σ_{pre,post} g·x — a batched dot product, no full-size temporary
+        if pre == 1:
+            ga = torch.einsum("ncq,ncq->nc", g5.reshape(b * c, d, post), x5.reshape(b * c, d, post)).view(b, c, d)
+        else:
+            ga = torch.einsum("bcpdq,bcpdq->bcd", g5, x5)
+        want_x = ctx.needs_input_grad[0]
+        grad_params = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(want_x)
+            a = ctx.fn(zz)
+            inputs = ([zz] if want_x else []) + grad_params
+            grads = list(torch.autograd.grad(a, inputs, ga, allow_unused=True)) if inputs else []
+        gx = None
+        if want_x:
+            gz = grads.pop(0)
+            gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
+            a = a.detach()
+            # input gradient in one pass: g·a (the multiply) + dL/dz / n (the mean), fused
+            gx = torch.addcmul(gz.view(b, c, 1, d, 1), g5, a.view(b, c, 1, d, 1)).view(x.shape)
+        out_params: list[torch.Tensor | None] = []
+        it = iter(grads)
+        for p, need in zip(params, ctx.needs_input_grad[3:]):
+            if need:
+                gp = next(it)
+                out_params.append(torch.zeros_like(p) if gp is None else gp)
+            else:
+                out_params.append(None)
+        return (gx, None, None, *out_params)
+
+
+def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
+                 params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``x * fn(per-slice mean of x)`` broadcast over the pooled axes, with the lean
+    backward when a gradient is needed and plain ops otherwise (same values)."""
+    layout = slice_layout(x.shape, slice_axis)
+    if use_fused(x, params):
+        return PooledScale.apply(x, layout, fn, *params)
+    b, c, pre, d, post = layout
+    x5 = x.reshape(b, c, pre, d, post)
+    a = fn(pooled_mean(x5))
+    return (x5 * a.view(b, c, 1, d, 1)).view(x.shape)
