@@ -1,0 +1,42 @@
+"""SE family (cse, sse, scse) and Project & Excite: values against direct formulas."""
+
+import pytest
+import torch
+
+from attnseg.attention import create_attention
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pe_equals_full_size_formula_and_reference_count(dims):
+    torch.manual_seed(0)
+    m = create_attention("pe", 16, dims)
+    # reference PEunet3d site: C·C/2 + C/2 (bias) + C/2 (PReLU) + C/2·C + C = C² + 2C
+    assert sum(p.numel() for p in m.parameters()) == 16 * 16 + 2 * 16
+    x = torch.randn(2, 16, *(5, 6, 7)[:dims])
+    axes = range(2, 2 + dims)
+    z = sum(x.mean(dim=[a for a in axes if a != keep], keepdim=True) for keep in axes) / dims
+    ref = x * torch.sigmoid(m.conv2(m.act(m.conv1(z))))
+    torch.testing.assert_close(m(x), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "avg+max"])
+def test_cse_formula(pooling):
+    torch.manual_seed(1)
+    m = create_attention("cse", 8, 3, reduction=4, pooling=pooling)
+    x = torch.randn(2, 8, 3, 4, 5)
+    fc = lambda u: m.fc2(torch.relu(m.fc1(u)))  # noqa: E731
+    avg, mx = x.mean((2, 3, 4)), x.amax((2, 3, 4))
+    logits = {"avg": fc(avg), "max": fc(mx), "avg+max": fc(avg) + fc(mx)}[pooling]
+    torch.testing.assert_close(m(x), x * torch.sigmoid(logits).view(2, 8, 1, 1, 1))
+
+
+@pytest.mark.parametrize("combine", ["max", "sum", "mul"])
+def test_scse_combines_cse_and_sse(combine):
+    torch.manual_seed(2)
+    m = create_attention("scse", 8, 2, combine=combine)
+    x = torch.randn(2, 8, 5, 7)
+    a, b = m.cse(x), x * torch.sigmoid(m.sse.conv(x))
+    ref = {"max": torch.maximum(a, b), "sum": a + b, "mul": m.sse(a)}[combine]
+    torch.testing.assert_close(m(x), ref)
+    with pytest.raises(ValueError, match="combine"):
+        create_attention("scse", 8, 2, combine="min")
