@@ -44,3 +44,5 @@ def _load_all() -> None:
 _load_all()
 
 __all__ = ["MODELS", "count_parameters", "create_model", "get_model_entry", "list_models", "register_model"]
+
+from attnseg.models.convert import load_reference_checkpoint  # noqa: E402, F401  (re-export)
