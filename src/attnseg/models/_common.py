@@ -57,7 +57,11 @@ class SitePlugins:
 
     def build(self, site: str, channels: int, spatial_dims: int, *, gate_channels: int | None = None,
               spatial_size: Size | None = None) -> AttentionSite:
-        """Attention module for ``site`` (identity when the site is off)."""
+        """Attention module for ``site`` (identity when the site is off). Unknown entries
+        (``None``) of ``spatial_size`` reach size-bound modules as 0 (e.g. ``(144, None, None)``
+        when only the slice count is fixed)."""
+        if spatial_size is not None:
+            spatial_size = tuple(0 if s is None else int(s) for s in spatial_size)
         return self.plugin(site).build(site, channels, spatial_dims, gate_channels=gate_channels,
                                        spatial_size=spatial_size)
 
@@ -67,15 +71,16 @@ def level_sizes(input_size: Size | None, strides: Sequence[int | Sequence[int]],
     """Feature-map size after each cumulative stride (first entry = ``input_size``).
 
     ``mode="floor"`` matches pooling / kernel-2 stride-2 convs, ``"ceil"`` matches k3 p1 s2 convs.
-    Returns ``None`` entries when ``input_size`` is unknown.
+    Returns ``None`` entries when ``input_size`` is unknown; ``None`` axes stay ``None``.
     """
     if input_size is None:
         return [None] * (len(strides) + 1)
-    sizes = [tuple(int(s) for s in input_size)]
+    sizes = [tuple(None if s is None else int(s) for s in input_size)]
     for st in strides:
         st = (st,) * len(sizes[-1]) if isinstance(st, int) else tuple(st)
         prev = sizes[-1]
-        sizes.append(tuple((p // s if mode == "floor" else -(-p // s)) for p, s in zip(prev, st)))
+        sizes.append(tuple(None if p is None else (p // s if mode == "floor" else -(-p // s))
+                           for p, s in zip(prev, st)))
     return sizes
 
 
