@@ -11,8 +11,10 @@ it loads with ``torch.load(weights_only=True)``)::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ import torch
 from torch import nn
 
 FORMAT = "attnseg-checkpoint"
+# Crash testing: with ATTNSEG_TEST_KILL_IN_SAVE=N the N-th save of this process writes half of
+# the file and then SIGKILLs the process (see tests/train/test_resume.py).
+_KILL_ENV = "ATTNSEG_TEST_KILL_IN_SAVE"
+_saves = 0
 
 
 class CheckpointError(ValueError):
@@ -32,9 +38,17 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     flushed to disk and renamed over ``path``, so a crash never leaves a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    global _saves
+    _saves += 1
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if os.environ.get(_KILL_ENV) == str(_saves):
+                buf = io.BytesIO()
+                torch.save(obj, buf)
+                fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())

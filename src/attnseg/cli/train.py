@@ -1,0 +1,203 @@
+"""``attnseg train``: train a model from a YAML config, with overrides and the reference tools' flags.
+
+Precedence (lowest first): built-in defaults → ``--config`` file (and its ``base:`` chain) →
+explicit flags / reference aliases → ``--set key.path=value`` items. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import Any
+
+# AMIS --dataset_mode values → (data.layout, task.kind)
+DATASET_MODES = {
+    "singlebratstumor18": ("brats", "brats-regions"),
+    "brats": ("brats", "brats-regions"),
+    "malc": ("malc", "classes"),
+    "hvsmr": ("hvsmr", "classes"),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a segmentation model (YAML config + overrides; torchrun for DDP)",
+        description="Train a model. Config keys can be overridden with --set key.path=value or the "
+                    "explicit flags below; the flags of the PANet and AttentionBased-MIS reference "
+                    "scripts are accepted as aliases. Multi-GPU / multi-node: "
+                    "torchrun --nproc_per_node N -m attnseg train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.optimizer.lr=3e-4 (repeatable)")
+    g = p.add_argument_group("common settings")
+    g.add_argument("--name", help="run name (folder under the output dir) [AMIS --name]")
+    g.add_argument("--output-dir", "--checkpoints_dir", dest="output_dir",
+                   help="parent folder of run folders [AMIS --checkpoints_dir]")
+    g.add_argument("--dataroot", "--data", dest="dataroot", help="dataset folder (data.root)")
+    g.add_argument("--layout", "--dataset_mode", dest="layout",
+                   help="dataset layout: auto, brats, nnunet, malc, hvsmr, folder; the AMIS values "
+                        "SingleBratsTumor18, MALC, HVSMR are accepted [AMIS --dataset_mode]")
+    g.add_argument("--model", help="registered model name (model.name), e.g. panet, unet3d")
+    g.add_argument("--in_channels", "--in-channels", dest="in_channels", type=int,
+                   help="input channels (task.in_channels and the model's input width)")
+    g.add_argument("--out_channels", "--out-channels", "--num-classes", dest="out_channels", type=int,
+                   help="output channels (task.num_classes and the model's output width)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--iterations", type=int, help="iterations per epoch")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="patches per process")
+    g.add_argument("--patch-size", dest="patch_size", type=int, nargs="+", help="training patch size")
+    g.add_argument("--lr", "--init_learningrate", dest="lr", type=float, help="base learning rate")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16", "mixed"])
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--workers", "--num_threads", dest="workers", type=int, help="data loader workers")
+    g.add_argument("--val-interval", dest="val_interval", type=int, help="validate every N epochs")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    r = p.add_argument_group("reference aliases (PANet train.py / AMIS demo_train.py)")
+    r.add_argument("--mixed", action="store_true",
+                   help="mixed precision: bf16 autocast on CPU, fp16 + GradScaler on CUDA")
+    r.add_argument("--ds", action="store_true", help="deep supervision on (loss.deep_supervision.enabled)")
+    r.add_argument("--trainset", action="store_true",
+                   help="train on every case (data.use_all_for_training); validation still runs on the split")
+    r.add_argument("--patch_test", action="store_true",
+                   help="accepted for compatibility: validation always uses the sliding-window inferer")
+    r.add_argument("-c", "--checkpoint", "--resume", dest="resume", nargs="?", const="last", default=None,
+                   metavar="CKPT",
+                   help="resume exactly from a checkpoint (or run folder); without a value: "
+                        "<run>/checkpoints/last.pt. Without --config the checkpoint's config is used")
+    r.add_argument("--gpu_ids", "--gpu-ids",
+                   help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES; several ids start one "
+                        "process per GPU through torchrun); -1 = CPU")
+    p.set_defaults(func=run)
+
+
+def _model_width_keys(model_name: str) -> tuple[str | None, str | None]:
+    """Names of the input/output width kwargs of a registered model."""
+    from attnseg.models import get_model_entry
+
+    try:
+        entry = get_model_entry(model_name)
+    except KeyError:
+        return "in_channels", None
+    import inspect
+
+    names = set(entry.defaults)
+    try:
+        names |= set(inspect.signature(entry.fn).parameters)
+    except (TypeError, ValueError):
+        pass
+    out = next((k for k in ("num_classes", "out_channels", "classes") if k in names), None)
+    return ("in_channels" if "in_channels" in names or not names else None), out
+
+
+def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The raw (unresolved) config dict for ``args`` and the resume target."""
+    from attnseg.train.checkpoint import load_checkpoint
+    from attnseg.train.config import apply_overrides, load_yaml, set_by_path
+
+    resume = args.resume
+    cfg: dict[str, Any] = {}
+    if args.config:
+        cfg = load_yaml(args.config)
+    elif resume and resume != "last":
+        path = resume
+        if os.path.isdir(path):
+            path = os.path.join(path, "checkpoints", "last.pt")
+        ckpt = load_checkpoint(path)
+        if "config" not in ckpt:
+            raise ValueError(f"{path}: checkpoint holds no training config; pass --config")
+        cfg = ckpt["config"]
+    elif not args.print_config and not args.dataroot and not args.overrides:
+        raise ValueError("give --config FILE (see configs/), or --resume CKPT, or at least --dataroot")
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            set_by_path(cfg, key, value)
+
+    put("name", args.name)
+    put("output_dir", args.output_dir)
+    put("data.root", args.dataroot)
+    if args.layout:
+        layout, kind = DATASET_MODES.get(args.layout.lower(), (args.layout, None))
+        put("data.layout", layout)
+        put("task.kind", kind)
+    put("model.name", args.model)
+    model_name = cfg.get("model", {}).get("name", "panet-brats")
+    in_key, out_key = _model_width_keys(model_name) if (args.in_channels or args.out_channels) else (None, None)
+    if args.in_channels:
+        put("task.in_channels", args.in_channels)
+        if in_key:
+            put(f"model.kwargs.{in_key}", args.in_channels)
+    if args.out_channels:
+        put("task.num_classes", args.out_channels)
+        if out_key:
+            put(f"model.kwargs.{out_key}", args.out_channels)
+    put("train.epochs", args.epochs)
+    put("train.iterations_per_epoch", args.iterations)
+    put("data.batch_size", args.batch_size)
+    if args.patch_size:
+        ps = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
+        put("data.patch_size", list(ps))
+    put("train.optimizer.lr", args.lr)
+    put("train.precision", "mixed" if args.mixed else args.precision)
+    put("seed", args.seed)
+    put("device", args.device)
+    put("data.workers", args.workers)
+    put("validation.interval", args.val_interval)
+    if args.ds:
+        put("loss.deep_supervision.enabled", True)
+    if args.trainset:
+        put("data.use_all_for_training", True)
+    if args.gpu_ids is not None:
+        ids = [i.strip() for i in str(args.gpu_ids).split(",") if i.strip()]
+        if ids == ["-1"]:
+            put("device", "cpu")
+        elif ids:
+            put("device", "cuda")
+    cfg = apply_overrides(cfg, args.overrides)
+    return cfg, resume
+
+
+def _torchrun_argv(argv: list[str], n: int) -> list[str]:
+    """Re-launch this command under torchrun with one process per GPU (``--gpu_ids`` removed)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--gpu_ids", "--gpu-ids"):
+            skip = True
+            continue
+        if a.startswith(("--gpu_ids=", "--gpu-ids=")):
+            continue
+        out.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            "-m", "attnseg", *out]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gpu_ids and args.gpu_ids.strip() != "-1":
+        ids = [i.strip() for i in args.gpu_ids.split(",") if i.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+        if len(ids) > 1 and "WORLD_SIZE" not in os.environ and not args.print_config:
+            argv = sys.argv[1:]
+            if argv and argv[0] != "train":  # called as a library: rebuild a plain command line
+                raise ValueError("--gpu_ids with several GPUs must be used from the command line")
+            return subprocess.call(_torchrun_argv(argv, len(ids)), env=os.environ.copy())
+    cfg, resume = build_config(args)
+    from attnseg.train.config import dump_yaml, resolve_config
+
+    resolved = resolve_config(cfg)
+    if args.print_config:
+        print(dump_yaml(resolved), end="")
+        return 0
+    from attnseg.train.trainer import run_training
+
+    result = run_training(resolved, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f} (epoch {result.best_epoch})"
+        print(f"run folder: {result.run_dir}  best {resolved['validation']['metric']}: {best}")
+    return 0

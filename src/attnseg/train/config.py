@@ -1,0 +1,207 @@
+"""Training configuration: defaults, YAML files with inheritance, ``--set`` overrides.
+
+A config is a nested dict. :data:`DEFAULTS` lists every key the trainer reads (it is the
+schema: unknown keys are rejected with the closest known name). A YAML file may name a
+``base:`` file (relative to itself) whose values it overrides, so presets share one base.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",  # run folder name under output_dir
+    "output_dir": "runs",  # parent folder of run folders
+    "seed": 512,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "model": {
+        "name": "panet-brats",
+        "kwargs": {},
+        "imports": [],  # extra Python modules to import first (they may register models)
+    },
+    "task": {
+        # brats-regions: sigmoid outputs (bg, ET, TC, WT); classes: softmax over num_classes
+        "kind": "brats-regions",
+        "num_classes": 4,
+        "in_channels": 4,
+        "channel_names": None,  # e.g. [t1, t1ce, t2, flair]; None = the reader's default
+    },
+    "data": {
+        "root": None,
+        "layout": "auto",
+        "val_root": None,  # separate validation dataset; None = split data.root
+        "val_fraction": 0.2,
+        "split_seed": 512,
+        "train_cases": None,  # explicit case ids (lists) override the split
+        "val_cases": None,
+        "use_all_for_training": False,  # --trainset: train on every case, validate on the split anyway
+        "patch_size": [128, 128, 128],
+        "batch_size": 1,  # per process
+        "workers": 0,
+        "foreground_fraction": 0.33,  # fraction of patches centred on a foreground voxel
+        "augmentation": {},  # passed to the data pipeline (see docs/data.md)
+        "cache_dir": None,
+    },
+    "train": {
+        "epochs": 100,
+        "iterations_per_epoch": None,  # None = ceil(training cases / global batch)
+        "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.99,
+                      "nesterov": True, "betas": [0.9, 0.999]},
+        "schedule": {"name": "warmup_cosine", "warmup_epochs": 5, "flat_epochs": 35, "min_lr_ratio": 1e-3,
+                     "step_epochs": 10, "gamma": 0.1, "power": 0.9, "patience": 100, "factor": 0.1},
+        "precision": "fp32",  # fp32 | bf16 | fp16 | mixed (bf16 on CPU, fp16 + GradScaler on CUDA)
+        "grad_clip": None,  # max global grad norm, None = off
+        "fastpath": True,  # CPU fast paths (oneDNN conv3d, channels_last_3d, allocator thresholds)
+        "deterministic": True,
+        "checkpoint_interval": 1,  # write last.pt every N epochs (and at every validation)
+        "stop_after_epochs": None,  # stop early after this many epochs in this process (tests, jobs)
+    },
+    "loss": {
+        "name": "dice_ce",
+        "kwargs": {"squared": True, "ce": "argmax"},
+        "deep_supervision": {"enabled": False, "weights": {"out": 1.0, "level3": 1.0, "level2": 1.0,
+                                                           "level1": 1.0},
+                             "mode": "upsample_logits"},
+        "prior": {"enabled": "auto", "weight": 1.0, "name": "dice", "kwargs": {"squared": True}},
+    },
+    "validation": {
+        "interval": 2,  # epochs; 0 = never
+        "metric": "dice_mean",
+        "roi_size": None,  # None = data.patch_size
+        "overlap": 0.5,
+        "sw_batch_size": 1,
+        "blend": "constant",
+        "hd95": False,
+        "max_cases": None,
+        "precision": "fp32",
+    },
+    "log": {"interval": 10, "tensorboard": True, "curves": True, "progress": "auto"},
+    "distributed": {"backend": "auto"},  # auto: nccl on CUDA, gloo on CPU
+}
+
+# keys whose value is a free-form dict (not checked against DEFAULTS)
+FREE_KEYS = {("model", "kwargs"), ("data", "augmentation"), ("loss", "kwargs"), ("loss", "prior", "kwargs"),
+             ("loss", "deep_supervision", "weights")}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return ``base`` updated recursively with ``over`` (free-form dicts are replaced, not merged)."""
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        sub = (*path, key)
+        if isinstance(val, dict) and isinstance(out.get(key), dict) and sub not in FREE_KEYS:
+            out[key] = deep_merge(out[key], val, sub)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving ``base:`` (a path relative to the file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: circular 'base:' chain")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping, found {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        parent = load_yaml(path.parent / base, (*_seen, path.resolve()))
+        data = deep_merge(parent, data)
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value with YAML rules (``3e-4`` → float, ``[1,2]`` → list, ``null``)."""
+    try:
+        val = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string; accept the usual float spellings
+    if isinstance(val, str):
+        try:
+            return float(val)
+        except ValueError:
+            return val
+    return val
+
+
+def set_by_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_by_path(cfg, "train.optimizer.lr", 3e-4)``; creates intermediate dicts."""
+    keys = dotted.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def get_by_path(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return default
+        node = node[k]
+    return node
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (as given to ``--set``)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set expects key.path=value, got {item!r}")
+        key, val = item.split("=", 1)
+        set_by_path(cfg, key.strip(), parse_value(val))
+    return cfg
+
+
+def _check_keys(cfg: dict[str, Any], ref: dict[str, Any], path: tuple[str, ...] = ()) -> None:
+    for key, val in cfg.items():
+        sub = (*path, key)
+        if key not in ref:
+            close = difflib.get_close_matches(key, list(ref), n=1)
+            hint = f" (did you mean {'.'.join((*path, close[0]))!r}?)" if close else ""
+            raise ValueError(f"unknown config key {'.'.join(sub)!r}{hint}")
+        if isinstance(ref[key], dict) and sub not in FREE_KEYS:
+            if not isinstance(val, dict):
+                raise ValueError(f"config key {'.'.join(sub)!r} must be a mapping, got {val!r}")
+            _check_keys(val, ref[key], sub)
+
+
+def resolve_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``cfg`` over :data:`DEFAULTS`, check the keys and normalise a few values."""
+    cfg = cfg or {}
+    _check_keys(cfg, DEFAULTS)
+    out = deep_merge(DEFAULTS, cfg)
+    d = out["data"]
+    if isinstance(d["patch_size"], int):
+        d["patch_size"] = [d["patch_size"]] * 3
+    d["patch_size"] = [int(v) for v in d["patch_size"]]
+    if out["validation"]["roi_size"] is None:
+        out["validation"]["roi_size"] = list(d["patch_size"])
+    kind = out["task"]["kind"]
+    if kind not in ("brats-regions", "classes"):
+        raise ValueError(f"task.kind must be 'brats-regions' or 'classes', got {kind!r}")
+    prec = out["train"]["precision"]
+    if prec not in ("fp32", "bf16", "fp16", "mixed"):
+        raise ValueError(f"train.precision must be fp32, bf16, fp16 or mixed, got {prec!r}")
+    if int(d["batch_size"]) < 1:
+        raise ValueError("data.batch_size must be >= 1")
+    return out
+
+
+def dump_yaml(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,740 @@
+"""The training loop: ``run_training(config) -> RunResult``.
+
+One function drives single-process and ``torchrun`` (DistributedDataParallel) training alike:
+data plan, model, loss, optimiser and per-iteration schedule, mixed precision, validation on
+whole volumes, checkpoints that resume exactly, and the run folder (rank 0 writes it alone).
+See docs/training.md for the configuration and the guarantees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from attnseg.train.config import dump_yaml, resolve_config
+from attnseg.train.data import EpochPlan, PatchDataset, Volume, region_target
+from attnseg.train.losses import build_training_loss
+from attnseg.train.schedules import PlateauSchedule, build_optimizer, build_schedule
+
+LOG = logging.getLogger("attnseg.train")
+REGIONS = ("ET", "TC", "WT")
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) training run produced."""
+
+    run_dir: Path
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_done: int
+    iterations: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    weight_digests: list[str] = field(default_factory=list)  # one per rank; equal when in sync
+
+
+# ----------------------------------------------------------------------------------------------
+# process set-up
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(cfg: dict[str, Any], device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        backend = cfg["distributed"]["backend"]
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _pick_device(spec: str) -> torch.device:
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec == "auto":
+        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        return torch.device(f"cuda:{local}")
+    return torch.device(spec)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors/lists (loadable with ``weights_only=True``)."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def weight_digest(model: nn.Module) -> str:
+    """SHA-1 of every parameter and buffer (bit-exact fingerprint of the weights)."""
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _env_info(device: torch.device, world: int) -> dict[str, Any]:
+    from attnseg import __version__
+
+    info: dict[str, Any] = {
+        "attnseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "host": socket.gethostname(),
+        "device": str(device), "world_size": world, "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda, "argv": sys.argv,
+    }
+    for mod in ("monai", "nibabel"):
+        try:
+            info[mod] = importlib.import_module(mod).__version__
+        except Exception:  # optional packages: version unknown
+            info[mod] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        here = Path(__file__).resolve().parent
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                            timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def sliding_window(x: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], roi_size: Sequence[int],
+                   overlap: float, sw_batch_size: int, blend: str) -> torch.Tensor:
+    """Whole-volume logits with attnseg's sliding-window inferer (MONAI's if it is missing)."""
+    try:
+        from attnseg.infer.sliding_window import SlidingWindowInferer
+    except ImportError:
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(x, list(roi_size), sw_batch_size, predictor, overlap=overlap, mode=blend)
+    return SlidingWindowInferer(list(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)(x, predictor)
+
+
+def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Dice of two bool masks; 1 when both are empty (BraTS legacy rule)."""
+    ps, rs = int(pred.sum()), int(ref.sum())
+    if ps + rs == 0:
+        return 1.0
+    return 2.0 * int((pred & ref).sum()) / (ps + rs)
+
+
+def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) -> float:
+    try:
+        from attnseg.metrics import hd95
+    except ImportError:
+        hd95 = None
+    if hd95 is not None:
+        return float(hd95(pred, ref, spacing=spacing))
+    if not pred.any() and not ref.any():
+        return 0.0
+    if not pred.any() or not ref.any():
+        return 373.13
+    from monai.metrics import compute_hausdorff_distance
+
+    return float(compute_hausdorff_distance(torch.from_numpy(pred)[None, None], torch.from_numpy(ref)[None, None],
+                                            percentile=95, spacing=spacing))
+
+
+def validation_scores(output: torch.Tensor, label: np.ndarray, kind: str, activated: str | None,
+                      hd95: bool = False, spacing: Sequence[float] | None = None) -> dict[str, float]:
+    """Per-case scores from whole-volume model output ``(1, C, *sp)`` and the class map ``label``.
+
+    ``brats-regions``: Dice (and HD95) of ET, TC, WT from the per-channel sigmoid ≥ 0.5 (the
+    last three channels are ET, TC, WT); ``classes``: per foreground class from the argmax.
+    ``activated`` says whether the model already applied ``"sigmoid"``/``"softmax"``.
+    """
+    out = output[0].float()
+    lab = torch.from_numpy(np.asarray(label).astype(np.int64))
+    scores: dict[str, float] = {}
+    if kind == "brats-regions":
+        thr = 0.5 if activated == "sigmoid" else 0.0
+        pred = out[-3:] > thr
+        ref = region_target(lab[None], 3)[0] > 0.5
+        names = REGIONS
+    else:
+        cls = out.argmax(0)
+        k = out.shape[0]
+        pred = torch.stack([cls == c for c in range(1, k)])
+        ref = torch.stack([lab == c for c in range(1, k)])
+        names = tuple(str(c) for c in range(1, k))
+    for i, name in enumerate(names):
+        scores[f"dice_{name}"] = _dice(pred[i], ref[i])
+        if hd95:
+            scores[f"hd95_{name}"] = _hd95(pred[i].numpy(), ref[i].numpy(), spacing)
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# run folder
+
+
+class RunFolder:
+    """Files of a run (rank 0 only): config, env, metrics.csv, TensorBoard, curves, log."""
+
+    def __init__(self, path: Path, enabled: bool, cfg: dict[str, Any]) -> None:
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict[str, Any]] = []
+        self.tb = None
+        self._handler: logging.Handler | None = None
+        if not enabled:
+            return
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._handler = logging.FileHandler(path / "log.txt")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        LOG.addHandler(self._handler)
+        self._stream = logging.StreamHandler(sys.stdout)
+        self._stream.setFormatter(logging.Formatter("%(message)s"))
+        LOG.addHandler(self._stream)
+        LOG.propagate = False
+        if cfg["log"]["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path / "tensorboard"))
+            except ImportError:
+                LOG.warning("tensorboard is not installed: no event files")
+
+    def load_rows(self, upto_epoch: int) -> None:
+        """Rows of a previous run, dropping epochs after the checkpoint we resume from."""
+        f = self.path / "metrics.csv"
+        if not f.is_file():
+            return
+        with f.open() as fh:
+            rows = list(csv.DictReader(fh))
+        self.rows = [{k: _num(v) for k, v in r.items()} for r in rows if int(r["epoch"]) <= upto_epoch]
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        cols: list[str] = []
+        for r in self.rows:
+            cols += [k for k in r if k not in cols]
+        tmp = self.path / ".metrics.csv.tmp"
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path / "metrics.csv")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "iteration") and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k.replace("val_", "val/").replace("train_", "train/"), v, row["iteration"])
+            self.tb.flush()
+
+    def plot_curves(self) -> None:
+        if not self.enabled or not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        (self.path / "curves").mkdir(exist_ok=True)
+        ep = [r["epoch"] for r in self.rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in [k for k in self.rows[-1] if k.startswith("train_loss")]:
+            ax.plot(ep, [r.get(k, float("nan")) for r in self.rows], label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.path / "curves" / "loss.png", dpi=100)
+        plt.close(fig)
+        vals = [r for r in self.rows if _isnum(r.get("val_dice_mean"))]
+        if vals:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for k in [k for k in vals[-1] if k.startswith("val_dice_")]:
+                ax.plot([r["epoch"] for r in vals], [r.get(k, float("nan")) for r in vals], marker="o",
+                        label=k[len("val_dice_"):])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("validation Dice")
+            ax.set_ylim(0, 1)
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(self.path / "curves" / "val_dice.png", dpi=100)
+            plt.close(fig)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self._handler is not None:
+            for h in (self._handler, self._stream):
+                LOG.removeHandler(h)
+                h.close()
+
+
+def _num(v: str) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def _isnum(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def _precision(spec: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler)."""
+    if spec == "mixed":
+        spec = "fp16" if device.type == "cuda" else "bf16"
+    if spec == "bf16":
+        return torch.bfloat16, False
+    if spec == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast needs CUDA; use precision bf16 (or --mixed) on CPU")
+        return torch.float16, True
+    return None, False
+
+
+def _as_dict(out: Any) -> dict[str, torch.Tensor]:
+    return out if isinstance(out, dict) else {"out": out}
+
+
+def _stale_temp_files(folder: Path) -> None:
+    """Remove temporary files left by a process killed while writing a checkpoint."""
+    for f in folder.glob(".*.tmp"):
+        f.unlink(missing_ok=True)
+
+
+def _import_plugins(names: Sequence[str]) -> None:
+    for name in names:
+        importlib.import_module(name)
+
+
+def _resolve_resume(resume: str | os.PathLike | bool | None, run_dir: Path) -> Path | None:
+    if resume in (None, False, ""):
+        return None
+    if resume is True or str(resume) in ("auto", "last"):
+        return run_dir / "checkpoints" / "last.pt"
+    p = Path(resume)
+    return p / "checkpoints" / "last.pt" if p.is_dir() else p
+
+
+def run_training(config: dict[str, Any], resume: str | os.PathLike | bool | None = None,
+                 volumes: tuple[Sequence[Volume], Sequence[Volume]] | None = None) -> RunResult:
+    """Train as ``config`` says (merged over :data:`attnseg.train.config.DEFAULTS`).
+
+    ``resume``: ``True``/``"last"`` continues from ``<run_dir>/checkpoints/last.pt``, a path
+    continues from that checkpoint (or run folder). ``volumes=(train, val)`` trains on
+    in-memory :class:`~attnseg.train.data.Volume` lists instead of ``data.root``.
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it runs DistributedDataParallel on every rank.
+    """
+    cfg = resolve_config(config)
+    device = _pick_device(cfg["device"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    own_group = not dist.is_initialized()
+    dd = _setup_distributed(cfg, device)
+    own_group = own_group and dist.is_initialized()
+    try:
+        return _run(cfg, device, dd, resume, volumes)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.PathLike | bool | None,
+         volumes: tuple[Sequence[Volume], Sequence[Volume]] | None) -> RunResult:
+    tr = cfg["train"]
+    _seed_everything(int(cfg["seed"]), bool(tr["deterministic"]))
+    fast = bool(tr["fastpath"]) and device.type == "cpu"
+    if fast:
+        _fastpath().enable_cpu_fastpaths()
+    run_dir = Path(cfg["output_dir"]) / cfg["name"]
+    ckpt_path = _resolve_resume(resume, run_dir)
+    ckpt = None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+    elif (run_dir / "checkpoints" / "last.pt").exists():
+        raise ValueError(f"{run_dir} already holds a run; resume it with --resume or choose another --name")
+    folder = RunFolder(run_dir, dd.main, cfg)
+    if dd.main:
+        LOG.setLevel(logging.INFO)
+        _stale_temp_files(run_dir / "checkpoints")
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        (run_dir / "env.json").write_text(json.dumps(_env_info(device, dd.world), indent=2) + "\n")
+    try:
+        return _train(cfg, device, dd, fast, folder, ckpt, volumes)
+    finally:
+        folder.close()
+
+
+def _fastpath():
+    try:
+        from attnseg.infer import fastpath
+    except ImportError:
+        from attnseg.train import fastpath
+    return fastpath
+
+
+def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, folder: RunFolder,
+           ckpt: dict[str, Any] | None, volumes: tuple[Sequence[Volume], Sequence[Volume]] | None) -> RunResult:
+    tr, dcfg, vcfg, task = cfg["train"], cfg["data"], cfg["validation"], cfg["task"]
+    kind = task["kind"]
+    # ---- data
+    if volumes is not None:
+        train_vols, val_all = list(volumes[0]), list(volumes[1])
+        val_vols = val_all[dd.rank::dd.world]
+        n_val = len(val_all)
+    else:
+        train_vols, val_vols, n_val = _load_data(cfg, dd)
+    if not train_vols:
+        raise ValueError("no training cases")
+    global_batch = int(dcfg["batch_size"]) * dd.world
+    iters = tr["iterations_per_epoch"] or math.ceil(len(train_vols) / global_batch)
+    iters, epochs = int(iters), int(tr["epochs"])
+    dataset = PatchDataset(train_vols, dcfg["patch_size"], dcfg["foreground_fraction"], dcfg["augmentation"])
+    plan = EpochPlan(len(train_vols), iters, int(dcfg["batch_size"]), int(cfg["seed"]), dd.rank, dd.world)
+    # ---- model
+    from attnseg.models import create_model
+
+    _import_plugins(cfg["model"]["imports"])
+    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).to(device)
+    if fast:
+        model = _fastpath().prepare_model(model)
+    raw = model
+    if dd.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    criterion = build_training_loss(cfg["loss"], kind).to(device)
+    optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
+    schedule = build_schedule(optimizer, tr["schedule"], iters, epochs)
+    amp_dtype, use_scaler = _precision(tr["precision"], device)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    start_epoch, iteration, best, best_epoch = 0, 0, None, None
+    if ckpt is not None:
+        state = ckpt["model"]
+        raw.load_state_dict(state)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        best, best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
+        folder.load_rows(start_epoch)
+        LOG.info("resumed from epoch %d (iteration %d)", start_epoch, iteration)
+    metric_key = "val_" + vcfg["metric"]
+    lower_better = "hd95" in metric_key or "loss" in metric_key
+    stop_after = tr["stop_after_epochs"]
+    end_epoch = epochs if stop_after is None else min(epochs, start_epoch + int(stop_after))
+    if dd.main:
+        LOG.info("training %s: %d train / %d val cases, %d epochs x %d iterations, global batch %d, %s%s%s",
+                 cfg["model"]["name"], len(train_vols), n_val, epochs, iters, global_batch, device,
+                 f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if amp_dtype else "")
+    progress = _Progress(cfg["log"], dd.main)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        plan.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=int(dcfg["workers"]),
+                                             pin_memory=device.type == "cuda")
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        progress.start(epoch, epochs, iters)
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            lab = batch["label"].to(device, non_blocking=True)
+            if fast:
+                x = _fastpath().prepare_input(x)
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+            with ctx:
+                outputs = _as_dict(model(x))
+            out_ch = outputs["out"].shape[1]
+            target = region_target(lab, out_ch) if kind == "brats-regions" else lab
+            wt = (lab > 0).float().unsqueeze(1)
+            loss, parts = criterion(outputs, target, wt)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                _clip(raw, tr["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                _clip(raw, tr["grad_clip"])
+                optimizer.step()
+            schedule.step()
+            iteration += 1
+            parts = {"loss": loss.detach(), **parts}
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.float()
+            progress.update(loss.item(), schedule.get_last_lr()[0], x.shape[0] * dd.world)
+            if folder.tb is not None and iteration % max(int(cfg["log"]["interval"]), 1) == 0:
+                folder.tb.add_scalar("train/loss_iter", loss.item(), iteration)
+                folder.tb.add_scalar("train/lr", schedule.get_last_lr()[0], iteration)
+        progress.close()
+        row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": schedule.get_last_lr()[0]}
+        for k, v in _reduce_mean(sums, iters, dd).items():
+            row["train_loss" if k == "loss" else f"train_loss_{k}"] = v
+        do_val = int(vcfg["interval"]) > 0 and ((epoch + 1) % int(vcfg["interval"]) == 0 or epoch + 1 == epochs)
+        improved = False
+        if do_val and n_val:
+            scores = _validate(raw, val_vols, cfg, device, fast, dd)
+            row.update({f"val_{k}": v for k, v in scores.items()})
+            value = row.get(metric_key)
+            if value is None:
+                raise ValueError(f"validation.metric {vcfg['metric']!r} is not computed; "
+                                 f"available: {sorted(k[4:] for k in scores)}")
+            if isinstance(schedule, PlateauSchedule):
+                schedule.step_metric(value)
+            if best is None or (value < best if lower_better else value > best):
+                best, best_epoch, improved = float(value), epoch + 1, True
+        row["time_s"] = round(time.perf_counter() - t0, 3)
+        folder.add_row(row)
+        if dd.main:
+            LOG.info(" ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
+        last_epoch = epoch + 1 == end_epoch
+        if (epoch + 1) % max(int(tr["checkpoint_interval"]), 1) == 0 or do_val or last_epoch:
+            digests = _all_digests(raw, dd) if last_epoch else []
+            if dd.main:
+                ck = model_checkpoint(
+                    cfg["model"]["name"], cfg["model"]["kwargs"], _cpu_state(raw),
+                    optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else {}, epoch=epoch + 1, iteration=iteration,
+                    rng=rng_state(), data_state={"plan": "epoch-plan", "seed": int(cfg["seed"]),
+                                                 "next_epoch": epoch + 1},
+                    config=cfg, task=_task_dict(cfg), best_metric=best, best_epoch=best_epoch,
+                    metric=metric_key, world_size=dd.world, rank_weight_digests=digests)
+                save_checkpoint(ck, folder.path / "checkpoints" / "last.pt")
+                if improved:
+                    save_checkpoint(ck, folder.path / "checkpoints" / "best.pt")
+            if do_val:
+                folder.plot_curves()
+    digests = _all_digests(raw, dd)
+    if dd.main and len(set(digests)) > 1:
+        LOG.warning("weights differ between ranks: %s", digests)
+    progress.finish()
+    return RunResult(folder.path, best, best_epoch, end_epoch, iteration, list(folder.rows), digests)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _task_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    t, d = cfg["task"], cfg["data"]
+    return {"kind": t["kind"], "num_classes": int(t["num_classes"]), "in_channels": int(t["in_channels"]),
+            "channel_names": list(t["channel_names"] or []),
+            "label_convention": "brats" if t["kind"] == "brats-regions" else "plain",
+            "patch_size": list(d["patch_size"]), "spacing": None, "normalization": "zscore-nonzero",
+            "regions": list(REGIONS) if t["kind"] == "brats-regions" else None}
+
+
+def _clip(model: nn.Module, max_norm: float | None) -> None:
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(max_norm))
+
+
+def _reduce_mean(sums: dict[str, torch.Tensor], count: int, dd: _Dist) -> dict[str, float]:
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu() for k in keys])
+    if dd.world > 1:
+        dist.all_reduce(vec)
+    return {k: float(v) / (count * dd.world) for k, v in zip(keys, vec)}
+
+
+def _all_digests(model: nn.Module, dd: _Dist) -> list[str]:
+    d = weight_digest(model)
+    if dd.world == 1:
+        return [d]
+    out: list[Any] = [None] * dd.world
+    dist.all_gather_object(out, d)
+    return [str(x) for x in out]
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], device: torch.device, fast: bool,
+              dd: _Dist) -> dict[str, float]:
+    vcfg, kind = cfg["validation"], cfg["task"]["kind"]
+    was_training = model.training
+    model.eval()
+    amp = vcfg["precision"] == "bf16"
+    activated = getattr(model, "eval_activation", None)
+
+    def predictor(t: torch.Tensor) -> torch.Tensor:
+        if fast:
+            t = _fastpath().prepare_input(t)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        with ctx:
+            y = model(t)
+        return (y["out"] if isinstance(y, dict) else y).float()
+
+    sums: dict[str, float] = {}
+    for vol in vols[: vcfg["max_cases"] or None]:
+        x = torch.from_numpy(vol.image)[None].to(device)
+        y = sliding_window(x, predictor, vcfg["roi_size"][-(x.dim() - 2):], float(vcfg["overlap"]),
+                           int(vcfg["sw_batch_size"]), vcfg["blend"])
+        for k, v in validation_scores(y.cpu(), vol.label, kind, activated, bool(vcfg["hd95"]), vol.spacing).items():
+            sums[k] = sums.get(k, 0.0) + v
+        sums["_n"] = sums.get("_n", 0.0) + 1
+    model.train(was_training)
+    keys = sorted(k for k in sums if k != "_n") if sums else []
+    if dd.world > 1:
+        # ranks may hold different numbers of cases; agree on the key list first
+        names: list[Any] = [None] * dd.world
+        dist.all_gather_object(names, keys)
+        keys = sorted({k for ks in names for k in ks})
+    vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [sums.get("_n", 0.0)], dtype=torch.float64)
+    if dd.world > 1:
+        dist.all_reduce(vec)
+    n = float(vec[-1])
+    if n == 0:
+        return {}
+    scores = {k: float(v) / n for k, v in zip(keys, vec[:-1])}
+    dice = [v for k, v in scores.items() if k.startswith("dice_")]
+    scores["dice_mean"] = sum(dice) / len(dice)
+    hd = [v for k, v in scores.items() if k.startswith("hd95_")]
+    if hd:
+        scores["hd95_mean"] = sum(hd) / len(hd)
+    return scores
+
+
+def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[list[Volume], list[Volume], int]:
+    from attnseg.train.data import list_case_ids, load_volumes, split_cases
+
+    d, task = cfg["data"], cfg["task"]
+    if not d["root"]:
+        raise ValueError("data.root is not set (use --dataroot or --set data.root=DIR)")
+    if d["train_cases"] is not None:
+        train_ids, val_ids = list(d["train_cases"]), list(d["val_cases"] or [])
+    else:
+        ids = list_case_ids(d["root"], d["layout"], task)
+        if d["val_root"]:
+            train_ids, val_ids = sorted(ids), None
+        else:
+            train_ids, val_ids = split_cases(ids, float(d["val_fraction"]), int(d["split_seed"]))
+            if d["use_all_for_training"]:
+                train_ids = sorted(ids)
+    train = load_volumes(d["root"], d["layout"], task, train_ids)
+    if d["val_root"]:
+        all_val = list_case_ids(d["val_root"], d["layout"], task) if val_ids is None else val_ids
+        shard = sorted(all_val)[dd.rank::dd.world]
+        val = load_volumes(d["val_root"], d["layout"], task, shard) if shard else []
+    else:
+        all_val = val_ids
+        shard = sorted(all_val)[dd.rank::dd.world]
+        val = load_volumes(d["root"], d["layout"], task, shard) if shard else []
+    return train, val, len(all_val)
+
+
+class _Progress:
+    """tqdm bar on a terminal; plain periodic lines otherwise (rank 0 only)."""
+
+    def __init__(self, log_cfg: dict[str, Any], enabled: bool) -> None:
+        mode = log_cfg.get("progress", "auto")
+        self.enabled = enabled
+        self.bar_mode = enabled and (mode == "bar" or (mode == "auto" and sys.stderr.isatty()))
+        self.interval = max(int(log_cfg.get("interval", 10)), 1)
+        self.bar = None
+
+    def start(self, epoch: int, epochs: int, iters: int) -> None:
+        self.epoch, self.epochs, self.iters, self.i = epoch, epochs, iters, 0
+        self.t0, self.samples = time.perf_counter(), 0
+        if self.bar_mode:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+    def update(self, loss: float, lr: float, samples: int) -> None:
+        if not self.enabled:
+            return
+        self.i += 1
+        self.samples += samples
+        rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
+            self.bar.update(1)
+        elif self.i % self.interval == 0 or self.i == self.iters:
+            LOG.info("epoch %d/%d it %d/%d loss %.4f lr %.3e %.2f samples/s", self.epoch + 1, self.epochs, self.i,
+                     self.iters, loss, lr, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def finish(self) -> None:
+        self.close()
