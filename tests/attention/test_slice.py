@@ -218,3 +218,32 @@ def test_load_reference_weights_errors():
     load_reference_channel_weights(k, lin)
     assert torch.equal(k.fc1.weight, torch.ones(1, 4)) and torch.equal(k.fc2.bias, torch.zeros(4))
     assert isinstance(k.fc1, nn.Linear) and math.isclose(float(k.fc1.bias), 1.0)
+
+
+def _n(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("depth,ag_total,sc_total", [(144, 1_189_343, 1_189_343), (64, 1_065_663, 1_067_839)])
+def test_unet3d_preset_attention_params_match_reference_table(depth, ag_total, sc_total):
+    # seed-models.md §0: unet3d has 1,022,259 params; agscSE/scSE add one attention site per
+    # encoder/decoder stage (channels, depth divisor): PAM (h=16, ch=8) or slice SE + cSE
+    sites = [(16, 1), (32, 2), (64, 4), (128, 8), (64, 4), (32, 2), (16, 1)]
+    ag = sum(_n(create_attention("pam", c, 3, num_slices=depth // f)) for c, f in sites)
+    sc = sum(_n(create_attention("slice", c, 3, num_slices=depth // f)) + _n(create_attention("cse", c, 3))
+             for c, f in sites)
+    assert 1_022_259 + ag == ag_total
+    assert 1_022_259 + sc == sc_total
+
+
+@pytest.mark.parametrize("depth,total", [(144, 7_060_215), (64, 6_933_175)])
+def test_vnet_preset_attention_params_match_reference_table(depth, total):
+    # vnet 6,883,755; agscSEvnet/scSEvnet (slice h=8, channel 4): 8 skip/decoder sites + bottleneck cSE(128)
+    sites = [(8, 1), (16, 2), (32, 4), (64, 8), (64, 8), (32, 4), (16, 2), (8, 1)]
+    bottleneck = _n(create_attention("cse", 128, 3, reduction=4))
+    ag = sum(_n(create_attention("pam", c, 3, num_slices=depth // f, slice_reduction=8, channel_reduction=4))
+             for c, f in sites)
+    sc = sum(_n(create_attention("slice", c, 3, num_slices=depth // f, reduction=8))
+             + _n(create_attention("cse", c, 3, reduction=4)) for c, f in sites)
+    assert 6_883_755 + ag + bottleneck == total
+    assert 6_883_755 + sc + bottleneck == total
