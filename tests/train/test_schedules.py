@@ -63,8 +63,8 @@ def test_schedule_state_roundtrip_resumes_same_lr():
     sch.step()
     sch2.step()
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
-    with pytest.raises(ValueError, match="warm-up"):
-        build_schedule(_opt(), {"name": "warmup_cosine", "warmup_epochs": 5, "flat_epochs": 5}, 1, 10)
+    with pytest.raises(ValueError, match="exceed"):
+        build_schedule(_opt(), {"name": "warmup_cosine", "warmup_epochs": 6, "flat_epochs": 5}, 1, 10)
 
 
 def test_plateau_reduces_after_patience():

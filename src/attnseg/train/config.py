@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "workers": 0,
         "foreground_fraction": 0.33,  # fraction of patches centred on a foreground voxel
         "augmentation": {},  # passed to the data pipeline (see docs/data.md)
+        "preprocess": {},  # attnseg.data.preprocess.PreprocessConfig fields (crop_nonzero, normalize, ...)
         "cache_dir": None,
     },
     "train": {
@@ -86,8 +87,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # keys whose value is a free-form dict (not checked against DEFAULTS)
-FREE_KEYS = {("model", "kwargs"), ("data", "augmentation"), ("loss", "kwargs"), ("loss", "prior", "kwargs"),
-             ("loss", "deep_supervision", "weights")}
+FREE_KEYS = {("model", "kwargs"), ("data", "augmentation"), ("data", "preprocess"), ("loss", "kwargs"),
+             ("loss", "prior", "kwargs"), ("loss", "deep_supervision", "weights")}
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -33,47 +33,41 @@ class Volume:
     spacing: tuple[float, ...] | None = None
 
 
-def zscore_nonzero(image: np.ndarray) -> np.ndarray:
-    """Per-channel z-score over the voxels where any channel is non-zero (zeros stay 0)."""
-    image = np.asarray(image, dtype=np.float32)
-    mask = np.any(image != 0, axis=0)
-    if not mask.any():
-        return image.copy()
-    vals = image[:, mask]  # (C, N)
-    mean = vals.mean(axis=1)
-    std = vals.std(axis=1)
-    std[std == 0] = 1.0
-    out = (image - mean.reshape(-1, *[1] * (image.ndim - 1))) / std.reshape(-1, *[1] * (image.ndim - 1))
-    out[:, ~mask] = 0.0
-    return out.astype(np.float32)
+def preprocess_config(cfg: dict[str, Any] | None):
+    """``data.preprocess`` config section → :class:`attnseg.data.preprocess.PreprocessConfig`."""
+    from attnseg.data.preprocess import PreprocessConfig
+
+    cfg = dict(cfg or {})
+    if cfg.get("target_spacing") is not None:
+        cfg["target_spacing"] = tuple(float(s) for s in cfg["target_spacing"])
+    try:
+        return PreprocessConfig(**cfg)
+    except TypeError as exc:
+        raise ValueError(f"data.preprocess: {exc}") from exc
 
 
 def load_volumes(root: str, layout: str, task: dict[str, Any], case_ids: Sequence[str] | None = None,
-                 ) -> list[Volume]:
-    """Read the cases under ``root`` with :mod:`attnseg.data.readers` and prepare them.
-
-    BraTS labels are converted to the classes 0..3 of :mod:`attnseg.data.labels` (whatever the
-    release convention); other datasets keep their label values as class indices.
-    """
-    from attnseg.data.labels import brats_to_classes
+                 preprocess: dict[str, Any] | None = None) -> list[Volume]:
+    """Read the cases under ``root`` with :mod:`attnseg.data.readers` and preprocess them with
+    :func:`attnseg.data.preprocess.preprocess_case` (crop to non-zero, per-channel z-score over
+    non-zero voxels, optional resampling; BraTS labels → classes 0..3 whatever the release)."""
+    from attnseg.data.preprocess import preprocess_case
     from attnseg.data.readers import find_cases, load_case
 
-    kw = {}
-    if task.get("channel_names"):
-        kw["channels"] = list(task["channel_names"])
+    pcfg = preprocess_config(preprocess)
+    kw = {"channels": list(task["channel_names"])} if task.get("channel_names") else {}
     cases = find_cases(root, layout=layout, **kw)
     if case_ids is not None:
         wanted = set(case_ids)
+        missing = wanted - {c.case_id for c in cases}
+        if missing:
+            raise ValueError(f"{root}: case ids not found: {sorted(missing)[:5]}")
         cases = [c for c in cases if c.case_id in wanted]
     vols = []
     for case in cases:
-        d = load_case(case)
-        label = d.get("label")
-        conv = getattr(case, "label_convention", "plain")
-        if label is not None:
-            label = brats_to_classes(label, conv) if str(conv).startswith("brats") else label.astype(np.uint8)
-        vols.append(Volume(case.case_id, zscore_nonzero(d["image"]), label,
-                           tuple(float(s) for s in d.get("spacing") or ()) or None))
+        d = preprocess_case(load_case(case), pcfg, case.label_convention)
+        spacing = tuple(float(s) for s in d["meta"]["processed_spacing"])
+        vols.append(Volume(case.case_id, d["image"], d["label"], spacing))
     return vols
 
 

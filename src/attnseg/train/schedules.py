@@ -62,9 +62,9 @@ class IterationSchedule:
         self.flat = int(round(flat_epochs * L))
         self.step_size = max(int(round(step_epochs * L)), 1)
         self.min_ratio, self.gamma, self.power = float(min_lr_ratio), float(gamma), float(power)
-        if name == "warmup_cosine" and self.warmup + self.flat >= self.total:
-            raise ValueError(f"warmup_cosine: warm-up ({warmup_epochs}) + flat ({flat_epochs}) epochs must be "
-                             f"fewer than the {epochs} training epochs")
+        if name == "warmup_cosine" and self.warmup + self.flat > self.total:
+            raise ValueError(f"warmup_cosine: warm-up ({warmup_epochs}) + flat ({flat_epochs}) epochs exceed "
+                             f"the {epochs} training epochs")
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         for g, b in zip(optimizer.param_groups, self.base_lrs):
             g["initial_lr"] = b
@@ -84,7 +84,7 @@ class IterationSchedule:
             return lo + (1.0 - lo) * s / self.warmup
         if s < self.warmup + self.flat:
             return 1.0
-        frac = (s - self.warmup - self.flat) / (self.total - self.warmup - self.flat)
+        frac = min((s - self.warmup - self.flat) / max(self.total - self.warmup - self.flat, 1), 1.0)
         return lo + (1.0 - lo) * (1.0 + math.cos(math.pi * frac)) / 2.0
 
     def lr_at(self, s: int) -> list[float]:

@@ -34,7 +34,7 @@ from torch import nn
 
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
-from attnseg.train.data import EpochPlan, PatchDataset, Volume, region_target
+from attnseg.train.data import EpochPlan, PatchDataset, Volume, preprocess_config, region_target
 from attnseg.train.losses import build_training_loss
 from attnseg.train.schedules import PlateauSchedule, build_optimizer, build_schedule
 
@@ -145,10 +145,12 @@ def _env_info(device: torch.device, world: int) -> dict[str, Any]:
         "device": str(device), "world_size": world, "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda, "argv": sys.argv,
     }
-    for mod in ("monai", "nibabel"):
-        try:
-            info[mod] = importlib.import_module(mod).__version__
-        except Exception:  # optional packages: version unknown
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("monai", "nibabel", "SimpleITK"):
+        try:  # metadata only: importing MONAI would take seconds
+            info[mod] = version(mod)
+        except PackageNotFoundError:
             info[mod] = None
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -240,6 +242,7 @@ class RunFolder:
 
     def __init__(self, path: Path, enabled: bool, cfg: dict[str, Any]) -> None:
         self.path, self.enabled = path, enabled
+        self.curves = bool(cfg["log"]["curves"])
         self.rows: list[dict[str, Any]] = []
         self.tb = None
         self._handler: logging.Handler | None = None
@@ -290,7 +293,7 @@ class RunFolder:
             self.tb.flush()
 
     def plot_curves(self) -> None:
-        if not self.enabled or not self.rows:
+        if not self.enabled or not self.rows or not self.curves:
             return
         import matplotlib
 
@@ -436,11 +439,13 @@ def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.
 
 
 def _fastpath():
-    try:
-        from attnseg.infer import fastpath
-    except ImportError:
-        from attnseg.train import fastpath
+    from attnseg.infer import fastpath
+
     return fastpath
+
+
+def _spatial_dims(model: nn.Module) -> int:
+    return 3 if any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules()) else 2
 
 
 def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, folder: RunFolder,
@@ -467,7 +472,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     _import_plugins(cfg["model"]["imports"])
     model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).to(device)
     if fast:
-        model = _fastpath().prepare_model(model)
+        model = _fastpath().prepare_model(model, _spatial_dims(model))
     raw = model
     if dd.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -597,7 +602,8 @@ def _task_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"kind": t["kind"], "num_classes": int(t["num_classes"]), "in_channels": int(t["in_channels"]),
             "channel_names": list(t["channel_names"] or []),
             "label_convention": "brats" if t["kind"] == "brats-regions" else "plain",
-            "patch_size": list(d["patch_size"]), "spacing": None, "normalization": "zscore-nonzero",
+            "patch_size": list(d["patch_size"]), "spacing": (d["preprocess"] or {}).get("target_spacing"),
+            "preprocess": preprocess_config(d["preprocess"]).to_json(),
             "regions": list(REGIONS) if t["kind"] == "brats-regions" else None}
 
 
@@ -688,15 +694,15 @@ def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[list[Volume], list[Volum
             train_ids, val_ids = split_cases(ids, float(d["val_fraction"]), int(d["split_seed"]))
             if d["use_all_for_training"]:
                 train_ids = sorted(ids)
-    train = load_volumes(d["root"], d["layout"], task, train_ids)
+    train = load_volumes(d["root"], d["layout"], task, train_ids, d["preprocess"])
     if d["val_root"]:
         all_val = list_case_ids(d["val_root"], d["layout"], task) if val_ids is None else val_ids
         shard = sorted(all_val)[dd.rank::dd.world]
-        val = load_volumes(d["val_root"], d["layout"], task, shard) if shard else []
+        val = load_volumes(d["val_root"], d["layout"], task, shard, d["preprocess"]) if shard else []
     else:
         all_val = val_ids
         shard = sorted(all_val)[dd.rank::dd.world]
-        val = load_volumes(d["root"], d["layout"], task, shard) if shard else []
+        val = load_volumes(d["root"], d["layout"], task, shard, d["preprocess"]) if shard else []
     return train, val, len(all_val)
 
 
