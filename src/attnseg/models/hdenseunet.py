@@ -99,8 +99,9 @@ class HDenseUNet(SegmentationNet):
         k = self.context
         if k:
             x = F.pad(x, (0, 0, 0, 0, k, k), mode="replicate")
-        win = x.unfold(2, 2 * k + 1, 1)  # (B, C, D, H, W, 2k+1)
-        return win.permute(0, 2, 1, 5, 3, 4).reshape(b * d, c * (2 * k + 1), h, w)
+        # 2k+1 shifted views (a loop over offsets, not slices); (B, C, 2k+1, D, H, W)
+        win = torch.stack([x[:, :, i:i + d] for i in range(2 * k + 1)], dim=2)
+        return win.permute(0, 3, 1, 2, 4, 5).reshape(b * d, c * (2 * k + 1), h, w)
 
     def _forward(self, x: torch.Tensor, aux: bool) -> dict[str, torch.Tensor]:
         b, _, d, h, w = x.shape
