@@ -85,12 +85,17 @@ def _model_width_keys(model_name: str) -> tuple[str | None, str | None]:
     import inspect
 
     names = set(entry.defaults)
+    var_kw = False
     try:
-        names |= set(inspect.signature(entry.fn).parameters)
+        params = inspect.signature(entry.fn).parameters
+        names |= set(params)
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        pass
+        var_kw = True
     out = next((k for k in ("num_classes", "out_channels", "classes") if k in names), None)
-    return ("in_channels" if "in_channels" in names or not names else None), out
+    if out is None and var_kw:  # presets forwarding **kwargs use the library's usual names
+        out = "out_channels"
+    return ("in_channels" if "in_channels" in names or var_kw else None), out
 
 
 def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
