@@ -236,7 +236,7 @@ def _draw_tumours(rng: np.random.Generator) -> tuple[list[dict], bool]:
     tumours: list[dict] = []
     for _ in range(n):
         for _attempt in range(50):
-            r = float(rng.uniform(9.0, 21.0)) if not tumours else float(rng.uniform(7.0, 15.0))
+            r = float(rng.uniform(11.0, 24.0)) if not tumours else float(rng.uniform(8.0, 16.0))
             pick = cands[rng.integers(len(cands))]
             if pick[3] < 0.9 * r + 6:
                 continue
@@ -246,7 +246,7 @@ def _draw_tumours(rng: np.random.Generator) -> tuple[list[dict], bool]:
         radii = r * rng.uniform(0.8, 1.2, 3)
         # rim (ET) thickness (1 - necrosis fraction) × smallest radius ≥ 5 mm (≥ 2 voxels at 2 mm)
         max_nf = max(0.0, 1.0 - 5.0 / radii.min())
-        nf = 0.0 if (rng.random() < 0.15 or max_nf < 0.3) else float(rng.uniform(0.3, min(0.7, max_nf)))
+        nf = 0.0 if (rng.random() < 0.15 or max_nf < 0.4) else float(rng.uniform(0.4, min(0.75, max_nf)))
         tumours.append({
             "centre": np.asarray(centre, dtype=np.float64),
             "radius": r,
