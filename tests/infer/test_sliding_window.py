@@ -115,8 +115,9 @@ def test_streaming_calls_predictor_per_window_batch():
 
 def test_onednn_conv_equals_default_and_keeps_state_dict():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv3d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv3d(16, 2, 3, stride=2, padding=1),
-                        nn.ConvTranspose3d(2, 2, 2, stride=2)).eval()
+    net = nn.Sequential(nn.Conv3d(4, 16, 3, padding=1), nn.InstanceNorm3d(16, affine=True), nn.ReLU(),
+                        nn.Conv3d(16, 2, 3, stride=2, padding=1), nn.ConvTranspose3d(2, 2, 2, stride=2)).eval()
+    nn.init.normal_(net[1].weight)
     x = torch.randn(1, 4, 12, 12, 12)
     with torch.no_grad():
         ref = net(x)
@@ -127,9 +128,24 @@ def test_onednn_conv_equals_default_and_keeps_state_dict():
             out = fast(prepare_input(x))
     kernels = {e.key for e in prof.key_averages()}
     assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    assert "aten::slow_conv_transpose3d" not in kernels and "aten::native_group_norm" in kernels
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     unprepare_model(fast)
-    assert type(fast[0]) is nn.Conv3d
+    assert [type(m) for m in fast] == [nn.Conv3d, nn.InstanceNorm3d, nn.ReLU, nn.Conv3d, nn.ConvTranspose3d]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_patch_transpose_conv_equals_default(dims):
+    torch.manual_seed(3)
+    cls = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
+    for k in (2, (2, 3, 1)[:dims]):
+        m = cls(5, 3, k, stride=k).eval()
+        x = torch.randn(2, 5, *(4, 5, 3)[:dims])
+        with torch.no_grad():
+            ref = m(x)
+            out = prepare_model(m, dims)(x)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
 
 
 def test_onednn_conv_gradients_match():
