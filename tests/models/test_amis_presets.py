@@ -262,10 +262,11 @@ def test_pam_presets_load_reference_keys(preset):
     name, kwargs, state = convert_amis_state_dict(sd, preset)
     model = create_model(name, **kwargs)
     model.load_state_dict(state, strict=True)
-    # channel 3 of the first encoder's reference slice FC lands in row 3 of the stacked weight
+    # channel 1 of the first encoder's reference slice FC lands in row 1 of the stacked weight
     pam = model.encoder_attn[0].attn
     ref = "Encoder_layer1.sSE" if "vnet" in preset else "EncoderLayer1.encoder_sSE"
-    assert torch.equal(pam.slice.fc1_weight[3], sd[f"{ref}.Slice_SE_encoder.3.fc.0.weight"])
+    assert torch.equal(pam.slice.fc1_weight[1], sd[f"{ref}.Slice_SE_encoder.1.fc.0.weight"])
+    assert not torch.equal(pam.slice.fc1_weight[0], pam.slice.fc1_weight[1])
     size = (32, 32, 32) if "vnet" in preset else (16, 16, 16)
     assert model.eval()(torch.randn(1, 1, *size)).shape == (1, 3, *size)
 
