@@ -1,0 +1,249 @@
+"""Benchmark every attention module against memory-bound and convolution yardsticks.
+
+For each registered module (and ``--sizes``: 3D 1×32×48×48×48, 2D 2×32×128×128) prints the
+median forward time (eval, no grad), forward+backward time (train mode, gradient w.r.t. the
+input and the parameters, backward from a fixed random gradient) and the peak tensor memory
+of forward+backward beyond the inputs (from the profiler's allocation events), next to
+
+* ``x*w``: the memory-bound yardstick, forward+backward of ``x * w`` with ``w`` a learnable
+  per-channel weight ``(1, C, 1, …)``;
+* ``conv``: one 3×3(×3) convolution ``C → C`` (forward+backward), the cost scale of modules
+  built from convolutions.
+
+Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
+channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as
+described in seed-models.md §5.3) and the straightforward vectorisation (plain autograd),
+at 1×32×48³ and 1×128×48³.
+
+Usage: ``python benchmarks/attention.py [--quick] [--repeats N] [--threads T] [--only NAME,...]``.
+Times are medians; the machine may be shared, so compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from attnseg.attention import ATTENTION, create_attention
+from attnseg.attention.slice import key_slice_mask
+from attnseg.report.table import print_table
+
+SIZES = {"3D": (1, 32, (48, 48, 48)), "2D": (2, 32, (128, 128))}
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of live tensor bytes allocated while ``fn`` runs (CPU allocation events)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        stack.extend(node.children)
+    cur = peak = 0
+    for _, size in sorted(events):
+        cur += size
+        peak = max(peak, cur)
+    return peak
+
+
+class Yardstick(nn.Module):
+    """``x * w`` with a learnable per-channel ``w``."""
+
+    def __init__(self, channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.rand(1, channels, *([1] * spatial_dims)) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def make_fns(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[Callable[[], object], Callable[[], object]]:
+    """Forward (eval, no grad) and forward+backward (train mode) closures."""
+    grad = torch.randn_like(args[0])
+    leaves = [a.detach().requires_grad_() for a in args]
+
+    def fwd():
+        module.eval()
+        with torch.no_grad():
+            return module(*args)
+
+    def fwd_bwd():
+        module.train()
+        for p in module.parameters():
+            p.grad = None
+        for a in leaves:
+            a.grad = None
+        module(*leaves).backward(grad)
+
+    return fwd, fwd_bwd
+
+
+def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median times of ``fn`` and ``ref`` measured alternately (so load drift hits both)."""
+    fn()
+    ref()
+    a, b = [], []
+    for _ in range(repeats):
+        for f, out in ((fn, a), (ref, b)):
+            t0 = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
+def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, repeats: int) -> dict:
+    """Times and peak memory of ``module`` and the ratios to ``yard`` (measured alternately)."""
+    fwd, fb = make_fns(module, args)
+    yfwd, yfb = make_fns(yard, args[:1])
+    t_f, y_f = paired_times(fwd, yfwd, repeats)
+    t_fb, y_fb = paired_times(fb, yfb, repeats)
+    mem, ymem = peak_bytes(fb), peak_bytes(yfb)
+    return {"fwd_s": t_f, "fwdbwd_s": t_fb, "peak_mb": mem / 2**20, "fwd_x": t_f / y_f, "fwdbwd_x": t_fb / y_fb,
+            "mem_x": mem / ymem, "yard_fwdbwd_s": y_fb}
+
+
+def build(name: str, channels: int, dims: int, size: tuple[int, ...]) -> tuple[nn.Module, bool]:
+    entry = ATTENTION.get(name)
+    kw = {}
+    if "spatial_size" in inspect.signature(entry.fn).parameters:
+        kw["spatial_size"] = size
+    if entry.tags.get("gated"):
+        kw["gate_channels"] = 2 * channels
+    return create_attention(name, channels, dims, **kw), bool(entry.tags.get("gated"))
+
+
+def module_table(names: list[str], repeats: int) -> None:
+    for label, (b, c, size) in SIZES.items():
+        dims = len(size)
+        x = torch.randn(b, c, *size)
+        yard = Yardstick(c, dims)
+        conv_cls = nn.Conv3d if dims == 3 else nn.Conv2d
+        conv = conv_cls(c, c, 3, padding=1)
+        base = measure(yard, (x,), yard, repeats)
+        conv_r = measure(conv, (x,), yard, repeats)
+        rows = [{"module": "x*w (yardstick)", **base}, {"module": "conv3 C→C", **conv_r, "vs_conv": 1.0}]
+        for name in names:
+            torch.manual_seed(0)
+            m, gated = build(name, c, dims, size)
+            args = (x, torch.randn(b, 2 * c, *[s // 2 for s in size])) if gated else (x,)
+            r = measure(m, args, yard, repeats)
+            # fwd+bwd relative to one conv, via the paired yardstick ratios (load-robust)
+            r["vs_conv"] = r["fwdbwd_x"] / conv_r["fwdbwd_x"]
+            rows.append({"module": name, **r})
+            print(f"  {label} {name}: fwd+bwd {r['fwdbwd_s'] * 1e3:.1f} ms ({r['fwdbwd_x']:.2f}x yardstick)",
+                  file=sys.stderr)
+        print_table(rows, ["module", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x", "vs_conv"],
+                    title=f"{label} {b}x{c}x{'x'.join(map(str, size))}: times in s, peak MB beyond inputs; "
+                          f"_x = ratio to x*w (measured alternately), vs_conv = fwd+bwd ratio to one 3x3 conv")
+
+
+# ----------------------------------------------------------------------------------------
+# PAM: loop-based reference-style implementation (batch 1), written from the description
+
+
+class LoopPAM(nn.Module):
+    """Reference-style PAM: per-channel Linear pairs looped in Python, in-place writes,
+    key slices gathered slice by slice; batch size 1, fixed depth, avg pooling."""
+
+    def __init__(self, channels: int, depth: int, h: int = 16, ch: int = 8) -> None:
+        super().__init__()
+        dh = depth // h
+        self.slice_fc = nn.ModuleList(nn.Sequential(nn.Linear(depth, dh), nn.ReLU(), nn.Linear(dh, depth))
+                                      for _ in range(channels))
+        r = min(ch, channels)
+        self.fc = nn.Sequential(nn.Linear(channels, channels // r), nn.ReLU(), nn.Linear(channels // r, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, d = x.shape[1], x.shape[2]
+        x = x.clone()
+        masks = []
+        for i, fc in enumerate(self.slice_fc):
+            slab = x[:, i].clone()
+            s = torch.sigmoid(fc(slab.mean((2, 3))))  # (1, D)
+            with torch.no_grad():
+                p = torch.softmax(s.view(d), 0)
+                masks.append(p >= p.mean())
+            x[:, i] = slab * s.view(1, d, 1, 1)
+        desc = x.mean((2, 3, 4)).clone()
+        with torch.no_grad():
+            for i in range(c):
+                desc[:, i] = torch.stack([x[0, i, j] for j in range(d) if masks[i][j]]).mean()
+        t = torch.sigmoid(self.fc(desc.detach()))
+        return x * t.view(1, c, 1, 1, 1)
+
+
+class PlainPAM(nn.Module):
+    """Straightforward vectorisation: batched einsum FC, masks, descriptor, plain autograd."""
+
+    def __init__(self, pam: nn.Module) -> None:
+        super().__init__()
+        self.pam = pam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.pam.slice.weights(x.mean((3, 4)))
+        y = x * s[..., None, None]
+        mask = key_slice_mask(s).to(x.dtype)
+        u = ((y.mean((3, 4)) * mask).sum(-1) / mask.sum(-1)).detach()
+        t = torch.sigmoid(self.pam.channel.fc2(torch.relu(self.pam.channel.fc1(u))))
+        return y * t[..., None, None, None]
+
+
+def pam_table(repeats: int, channel_list: tuple[int, ...]) -> None:
+    rows = []
+    for c in channel_list:
+        size = (48, 48, 48)
+        x = torch.randn(1, c, *size)
+        yard = Yardstick(c, 3)
+        ours = create_attention("pam", c, 3, spatial_size=size)
+        variants = {"x*w (yardstick)": yard, "loop reference-style": LoopPAM(c, size[0]),
+                    "plain vectorised": PlainPAM(ours), "attnseg pam": ours}
+        res = {k: measure(m, (x,), yard, repeats) for k, m in variants.items()}
+        loop = res["loop reference-style"]
+        for k, r in res.items():
+            # speed-ups through the paired yardstick ratios (robust to load drift between rows)
+            rows.append({"channels": c, "impl": k, **r, "speedup_fwd": loop["fwd_x"] / r["fwd_x"],
+                         "speedup_fwdbwd": loop["fwdbwd_x"] / r["fwdbwd_x"]})
+    print_table(rows, ["channels", "impl", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x",
+                       "speedup_fwd", "speedup_fwdbwd"],
+                title="PAM at 1xCx48x48x48: _x = ratio to x*w (alternating runs); speed-up over the loop-based "
+                      "reference-style implementation")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 repeats, PAM comparison at 32 channels only")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default=None, help="comma-separated module names (default: all)")
+    p.add_argument("--skip-modules", action="store_true", help="only the PAM comparison")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+    names = [e.name for e in ATTENTION.entries() if e.tags.get("plugin_test", True)]
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise SystemExit(f"unknown modules {unknown}; choose from {names}")
+        names = wanted
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}")
+    if not args.skip_modules:
+        module_table(names, repeats)
+    pam_table(repeats, (32,) if args.quick else (32, 128))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
