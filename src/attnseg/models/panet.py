@@ -227,8 +227,10 @@ class _PANetBase(nn.Module):
         """Every output (``output_keys``) in any mode."""
         return self._run(x, True)
 
+    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference path: the ``out`` logits only, no auxiliary outputs computed."""
+        """Inference path without gradients: the ``out`` logits only, no auxiliary outputs computed
+        (call the model in eval mode instead when gradients are needed, e.g. for saliency maps)."""
         return self._run(x, False)["out"]
 
 
