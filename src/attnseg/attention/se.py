@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
+from attnseg.attention._fused import pooled_scale
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -30,11 +31,16 @@ class ChannelSE(nn.Module):
     def mlp(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.fc1(z)))
 
+    def _avg_scale(self, z: torch.Tensor) -> torch.Tensor:
+        # z: (B, C, 1) channel means → (B, C, 1) weights
+        return torch.sigmoid(self.mlp(z[..., 0])).unsqueeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)
         if self.pooling == "avg":
-            logits = self.mlp(flat.mean(-1))
-        elif self.pooling == "max":
+            # lean two-pass backward (attnseg.attention._fused); plain ops when no gradient
+            return pooled_scale(x, None, self._avg_scale, list(self.parameters()))
+        flat = x.flatten(2)
+        if self.pooling == "max":
             logits = self.mlp(flat.amax(-1))
         else:
             logits = self.mlp(flat.mean(-1)) + self.mlp(flat.amax(-1))

@@ -284,7 +284,13 @@ class KeySliceChannelAttention(nn.Module):
         return torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        zavg, zmax = _slice_stats(x, self.slice_axis, self.needs_max)
+        if not self.needs_max:
+            def scale(z: torch.Tensor) -> torch.Tensor:
+                m = torch.ones_like(z, dtype=torch.bool) if mask is None else mask
+                return self.weights(z, None, m).unsqueeze(-1).expand_as(z)
+
+            return pooled_scale(x, self.slice_axis, scale, list(self.parameters()))
+        zavg, zmax = _slice_stats(x, self.slice_axis, True)
         if mask is None:
             mask = torch.ones_like(zavg, dtype=torch.bool)
         t = self.weights(zavg, zmax, mask)
