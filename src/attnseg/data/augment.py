@@ -110,7 +110,8 @@ def _flip_rot_matrix(rng: np.random.Generator, ndim: int, cfg: AugmentConfig) ->
         i, j = cfg.rot90_axes
         rot = np.eye(ndim)
         c, s = round(math.cos(k * math.pi / 2)), round(math.sin(k * math.pi / 2))
-        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+        # same direction as np.rot90(patch, k, axes=(i, j)) in the integer path
+        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, s, -s, c
         m = rot @ m
     for a in flips:
         m[:, a] *= -1
@@ -121,23 +122,28 @@ def extract_patch(image: np.ndarray, label: np.ndarray | None, centre: np.ndarra
                   rng: np.random.Generator, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spatially augmented patch of (C, *S) ``image`` and (*S) ``label`` centred on voxel ``centre``.
 
-    Patch voxel ``u`` (index ``i``, ``u = i - P // 2``) samples the volume at
-    ``centre + M u + e(u)`` (``M``: flips, 90° rotation, rotation, scaling; ``e``: elastic
-    field); outside the volume the image is 0 and the label background. Returns
+    Without augmentation the patch is ``volume[centre - P // 2 : centre - P // 2 + P]`` (so
+    patch index ``P // 2`` is the centre voxel). Flips and 90° rotations permute that box;
+    a deformation maps patch index ``i`` to ``g + M (i - (P - 1) / 2) + e(i)`` where ``g`` is the
+    box's geometric centre, ``M`` = rotation·scale·(90° rotation, flips) and ``e`` the elastic
+    field. Outside the volume the image is 0 and the label background. Returns
     (float32 (C, *P), int64 (*P) or None).
     """
     nd = len(patch_size)
     p = np.asarray(patch_size)
     centre = np.asarray(centre, dtype=np.int64)
     m, flips, k = _flip_rot_matrix(rng, nd, cfg)
-    if rng.random() < cfg.p_deform:
-        return _deformed_patch(image, label, centre, p, m, rng, cfg)
-    # exact integer path: crop the box that rotates onto the patch, then permute indices
+    # the box of the volume that rotates onto the patch (axes swapped for odd k)
     box = p.copy()
     if k % 2:
         i, j = cfg.rot90_axes
         box[i], box[j] = p[j], p[i]
     lo = centre - box // 2
+    if rng.random() < cfg.p_deform:
+        # rotate/scale/deform about the geometric centre of that box (a half-voxel for even sizes),
+        # so that without rotation and scaling the grid path reproduces the integer path exactly
+        return _deformed_patch(image, label, lo + (box - 1) / 2.0, p, m, rng, cfg)
+    # exact integer path: crop the box, then permute indices
     img, _ = _read_block(image, lo, lo + box, margin=0)
     lab = _read_block(label, lo, lo + box, margin=0)[0] if label is not None else None
     c0 = img.ndim - nd
@@ -154,6 +160,7 @@ def extract_patch(image: np.ndarray, label: np.ndarray | None, centre: np.ndarra
 
 def _deformed_patch(image: np.ndarray, label: np.ndarray | None, centre: np.ndarray, p: np.ndarray, m: np.ndarray,
                     rng: np.random.Generator, cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Grid path: patch voxel i samples ``centre + A (i - (P - 1) / 2) + e(i)`` (``centre`` may be fractional)."""
     nd = len(p)
     s = rng.uniform(*cfg.scale)
     a = _rotation_matrix(rng, nd, cfg.rotate_deg) @ (m * s)
@@ -161,32 +168,61 @@ def _deformed_patch(image: np.ndarray, label: np.ndarray | None, centre: np.ndar
     # and upsampled once (multi-linear interpolation reproduces the affine part exactly), so the
     # full-resolution grid costs one interpolation. Its bounding box is that of the control values.
     ctrl = [max(2, int(math.ceil(n / cfg.elastic_spacing)) + 1) for n in p]
-    u = np.meshgrid(*[np.linspace(-(n // 2), n - 1 - n // 2, k) for n, k in zip(p, ctrl)], indexing="ij")
+    u = np.meshgrid(*[np.linspace(-(n - 1) / 2, (n - 1) / 2, k) for n, k in zip(p, ctrl)], indexing="ij")
     x = np.einsum("rc,c...->r...", a, np.stack(u)) + centre.reshape(nd, *([1] * nd))
     if cfg.elastic_voxels > 0:
         x = x + rng.standard_normal(x.shape) * rng.uniform(0, cfg.elastic_voxels)
-    flat = x.reshape(nd, -1)
     spatial = np.asarray(image.shape[-nd:])
-    lo = np.clip(np.floor(flat.min(1)).astype(np.int64), 0, spatial)
-    hi = np.clip(np.floor(flat.max(1)).astype(np.int64) + 2, 0, spatial)
-    hi = np.maximum(hi, lo + 1)
-    block, origin = _read_block(image, lo, hi, margin=1)
-    size = np.asarray(block.shape[-nd:], dtype=np.float64).reshape(nd, *([1] * nd))
-    norm = (x - origin.reshape(nd, *([1] * nd))) * (2.0 / (size - 1)) - 1.0
+    if np.all(spatial >= 2):
+        # sample the (memory-mapped) volume in place: no block copy; outside it grid_sample gives 0
+        vol = _tensor_view(image)
+        lab_vol = _tensor_view(label) if label is not None else None
+        origin = np.zeros(nd, dtype=np.int64)
+    else:  # degenerate volume (a dimension of size 1): sample a zero-padded copy of the block
+        flat = x.reshape(nd, -1)
+        lo = np.clip(np.floor(flat.min(1)).astype(np.int64), 0, spatial)
+        hi = np.maximum(np.clip(np.floor(flat.max(1)).astype(np.int64) + 2, 0, spatial), lo + 1)
+        block, origin = _read_block(image, lo, hi, margin=1)
+        vol = torch.from_numpy(block)
+        lab_vol = torch.from_numpy(_read_block(label, lo, hi, margin=1)[0]) if label is not None else None
+    size = np.asarray(vol.shape[-nd:], dtype=np.float64)
+    norm = (x - origin.reshape(nd, *([1] * nd))) * (2.0 / (size - 1)).reshape(nd, *([1] * nd)) - 1.0
     coarse = torch.from_numpy(norm[::-1].astype(np.float32).copy())[None]  # grid_sample: last axis first
     mode = "trilinear" if nd == 3 else "bilinear"
     # channels-last interpolation output makes the (1, *P, nd) grid contiguous without a copy
     coarse = coarse.contiguous(memory_format=torch.channels_last_3d if nd == 3 else torch.channels_last)
     g = F.interpolate(coarse, size=tuple(int(n) for n in p), mode=mode, align_corners=True).movedim(1, -1)
-    img = F.grid_sample(torch.from_numpy(block)[None], g, mode="bilinear", padding_mode="zeros",
-                        align_corners=True)[0]
+    img = F.grid_sample(vol[None].float(), g, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     lab_t = None
-    if label is not None:
-        lb, _ = _read_block(label, lo, hi, margin=1)
-        lab = F.grid_sample(torch.from_numpy(lb.astype(np.float32))[None, None], g, mode="nearest",
-                            padding_mode="zeros", align_corners=True)[0, 0]
-        lab_t = lab.to(torch.int64)
+    if lab_vol is not None:
+        lab_t = _nearest_gather(lab_vol, g, size)
     return img, lab_t
+
+
+def _tensor_view(arr: np.ndarray) -> torch.Tensor:
+    """Tensor sharing memory with ``arr`` (memory maps are opened copy-on-write, hence writable)."""
+    if not arr.flags.writeable:  # e.g. a read-only memmap: torch needs writable memory to share it
+        arr = np.array(arr)
+    return torch.from_numpy(arr)
+
+
+def _nearest_gather(lab: torch.Tensor, g: torch.Tensor, size: np.ndarray) -> torch.Tensor:
+    """Nearest-neighbour label sampling at grid ``g`` (normalised, align_corners=True, last dim reversed
+    axes) by direct indexing of the integer label volume: no float copy of the volume; 0 outside."""
+    nd = lab.dim()
+    idx = None
+    valid = None
+    for ax in range(nd):
+        n = int(size[ax])
+        # coordinate of array axis ``ax`` is grid component nd-1-ax
+        c = torch.round((g[0, ..., nd - 1 - ax] + 1.0) * (0.5 * (n - 1)))
+        ok = (c >= 0) & (c <= n - 1)
+        valid = ok if valid is None else valid & ok
+        ci = c.clamp_(0, n - 1).to(torch.int64)
+        idx = ci if idx is None else idx * n + ci  # row-major linear index
+    flat = lab.reshape(-1) if lab.is_contiguous() else lab.contiguous().reshape(-1)
+    out = flat[idx].to(torch.int64)
+    return out.mul_(valid)
 
 
 def augment_intensity(img: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:

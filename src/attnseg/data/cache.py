@@ -184,8 +184,9 @@ class CaseCache:
             self.build(i)
         d = self.entry_dir(i)
         meta = json.loads((d / "meta.json").read_text())
-        image = np.load(d / "image.npy", mmap_mode="r")
-        label = np.load(d / "label.npy", mmap_mode="r") if meta.get("has_label") else None
+        # copy-on-write maps: writable views (torch can share them without copying), the file is never modified
+        image = np.load(d / "image.npy", mmap_mode="c")
+        label = np.load(d / "label.npy", mmap_mode="c") if meta.get("has_label") else None
         fg = np.load(d / "fg.npy")
         cc = CachedCase(self.cases[i].case_id, image, label, fg, meta)
         self._open[i] = cc

@@ -16,7 +16,7 @@ are (approximately, before the per-case deformation) MNI millimetres. Voxel (i, 
 
 Each case: a random smooth deformation (small affine + elastic field), 1–3 tumours, each
 with an oedema halo (ED, label 2), a tumour core with an enhancing rim (ET, label 4, at
-least 5 mm thick so ≥ 2 voxels at 2 mm) around a necrotic core (NCR, label 1), a radial
+least 4.5 mm thick so > 2 voxels at 2 mm) around a necrotic core (NCR, label 1), a radial
 mass effect pushing the surrounding tissue away; about 20 % of cases have no enhancing
 tumour (the whole core is non-enhancing, label 1), and some tumours are solid (no necrosis).
 Sequence contrasts (relative to white matter on T1 = 1):
@@ -244,9 +244,9 @@ def _draw_tumours(rng: np.random.Generator) -> tuple[list[dict], bool]:
             if all(np.linalg.norm(centre - t["centre"]) > 0.8 * (r + t["radius"]) for t in tumours):
                 break
         radii = r * rng.uniform(0.8, 1.2, 3)
-        # rim (ET) thickness (1 - necrosis fraction) × smallest radius ≥ 5 mm (≥ 2 voxels at 2 mm)
-        max_nf = max(0.0, 1.0 - 5.0 / radii.min())
-        nf = 0.0 if (rng.random() < 0.15 or max_nf < 0.4) else float(rng.uniform(0.4, min(0.75, max_nf)))
+        # rim (ET) thickness (1 - necrosis fraction) × smallest radius ≥ 4.5 mm (> 2 voxels at 2 mm)
+        max_nf = max(0.0, 1.0 - 4.5 / radii.min())
+        nf = 0.0 if (rng.random() < 0.15 or max_nf < 0.45) else float(rng.uniform(0.45, min(0.8, max_nf)))
         tumours.append({
             "centre": np.asarray(centre, dtype=np.float64),
             "radius": r,
