@@ -1,0 +1,1 @@
+"""End-to-end experiments built from the other packages: the demo and ablation tables."""
