@@ -217,7 +217,7 @@ def test_load_reference_weights_errors():
     k = KeySliceChannelAttention(4, 3, reduction=4)
     load_reference_channel_weights(k, lin)
     assert torch.equal(k.fc1.weight, torch.ones(1, 4)) and torch.equal(k.fc2.bias, torch.zeros(4))
-    assert isinstance(k.fc1, nn.Linear) and math.isclose(float(k.fc1.bias), 1.0)
+    assert isinstance(k.fc1, nn.Linear) and math.isclose(k.fc1.bias.item(), 1.0)
 
 
 def _n(m):
