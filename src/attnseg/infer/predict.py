@@ -1,0 +1,254 @@
+"""Predict label maps for cases on disk with a trained model (the engine of ``attnseg predict``).
+
+A :class:`Predictor` bundles the model, what the checkpoint says about the task (region or
+class outputs, input channels and their order, preprocessing, label convention, patch size)
+and the sliding-window inferer. :func:`predict_cases` runs it over a file or a dataset folder
+and writes one NIfTI per case in the source geometry (affine and header of the input, the
+input's shape), atomically, never into the input folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnseg.infer.postprocess import PostprocessConfig, postprocess
+from attnseg.infer.sliding_window import SlidingWindowInferer
+
+__all__ = ["PredictResult", "Predictor", "check_output_dir", "list_input_cases", "load_predictor", "predict_cases"]
+
+# PANet reference: channel order (t1, t2, t1ce, flair), z-score over the whole volume, no crop
+_REFERENCE_TASKS: dict[str, dict[str, Any]] = {
+    "panet-reference": {"kind": "brats-regions", "num_classes": 4, "in_channels": 4,
+                        "channel_names": ["t1", "t2", "t1ce", "flair"], "label_convention": "brats",
+                        "patch_size": [128, 128, 128],
+                        "preprocess": {"crop_nonzero": False, "normalize": "zscore_all"},
+                        "postprocess": {"min_component_voxels": 10, "et_threshold": 300}},
+    "amis-reference": {"kind": "classes", "channel_names": None, "label_convention": "plain",
+                       "patch_size": None, "preprocess": {"crop_nonzero": False, "normalize": "zscore_all"}},
+}
+
+
+@dataclass
+class Predictor:
+    """A model plus everything needed to turn a case into a label map.
+
+    ``task``: the checkpoint's task dict (``kind``, ``num_classes``, ``in_channels``,
+    ``channel_names``, ``label_convention``, ``patch_size``, ``preprocess``).
+    """
+
+    model: nn.Module
+    task: dict[str, Any]
+    inferer: SlidingWindowInferer
+    postprocess: PostprocessConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    spatial_dims: int = 3
+
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """(C, *S) float32 preprocessed image → (K, *S) float32 logits on the CPU."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(self.device)
+        expected = self.task.get("in_channels")
+        if expected and x.shape[1] != int(expected):
+            raise ValueError(f"the model expects {expected} input channels, the case has {x.shape[1]}")
+        return self.inferer(x, self.model)[0].float().cpu()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid per channel (region models) or softmax over channels (class models)."""
+        return torch.sigmoid(logits) if self.task.get("kind") == "brats-regions" else torch.softmax(logits, 0)
+
+
+def _infer_spatial_dims(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            return 3
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return 2
+    return 3
+
+
+def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, source: str | None = None,
+                   device: str = "cpu", roi_size: Sequence[int] | int | None = None, overlap: float = 0.5,
+                   sw_batch_size: int = 1, tta: bool = False, precision: str = "fp32", blend: str = "gaussian",
+                   postprocess_config: PostprocessConfig | None = None, fastpath: bool = True) -> Predictor:
+    """Load an attnseg checkpoint, or a reference checkpoint through the converter registry.
+
+    ``source``: converter name (``panet-reference``, ``amis-reference``); by default attnseg
+    checkpoints are recognised by their ``format`` key, a dict with ``net`` is taken for a PANet
+    reference checkpoint and a bare state dict for an AMIS one (``arch`` names the preset).
+    """
+    from attnseg.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    ckpt = load_checkpoint(checkpoint)
+    if "model_name" in ckpt and source is None:
+        model, ckpt = build_model_from_checkpoint(ckpt)
+        task = dict(ckpt.get("task") or {})
+        if not task:
+            cfg_task = (ckpt.get("config") or {}).get("task") or {}
+            task = {"kind": cfg_task.get("kind", "classes"), "in_channels": cfg_task.get("in_channels"),
+                    "num_classes": cfg_task.get("num_classes"), "channel_names": cfg_task.get("channel_names")}
+    else:
+        from attnseg.models.convert import convert
+
+        if source is None:
+            source = "panet-reference" if "net" in ckpt else "amis-reference"
+        if source not in _REFERENCE_TASKS:
+            raise ValueError(f"unknown checkpoint source {source!r}; choose from {sorted(_REFERENCE_TASKS)}")
+        if source == "amis-reference" and not arch:
+            raise ValueError(f"{checkpoint}: a bare state dict needs --arch (an AMIS preset such as unet3d)")
+        conv = convert(source, ckpt, arch)
+        model = conv.build()
+        task = {k: (list(v) if isinstance(v, list) else (dict(v) if isinstance(v, dict) else v))
+                for k, v in _REFERENCE_TASKS[source].items()}
+        task.setdefault("in_channels", conv.model_kwargs.get("in_channels"))
+        task.setdefault("num_classes", conv.model_kwargs.get("num_classes", conv.model_kwargs.get("out_channels")))
+        task["source"] = source
+    model = model.to(dev).eval()
+    nd = int(getattr(model, "spatial_dims", 0) or _infer_spatial_dims(model))
+    use_fast = fastpath and dev.type == "cpu"
+    if use_fast:
+        from attnseg.infer.fastpath import enable_cpu_fastpaths, prepare_model
+
+        enable_cpu_fastpaths()
+        prepare_model(model, nd)
+    roi = roi_size if roi_size is not None else (task.get("patch_size") or 128)
+    if isinstance(roi, (list, tuple)) and len(roi) == 1:
+        roi = int(roi[0])
+    kind = task.get("kind", "classes")
+    pp = postprocess_config or PostprocessConfig(kind=kind, **{k: v for k, v in (task.get("postprocess") or {}).items()
+                                                               if k in PostprocessConfig.__dataclass_fields__})
+    pp.kind = kind
+    inferer = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=sw_batch_size, blend=blend,
+                                   mirror_axes=tuple(range(nd)) if tta else None, precision=precision,
+                                   channels_last=use_fast, device="cpu")
+    return Predictor(model=model, task=task, inferer=inferer, postprocess=pp, device=dev, spatial_dims=nd)
+
+
+def check_output_dir(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is, or lies inside, an input folder (or a file's folder)."""
+    out = output.resolve()
+    for src in inputs:
+        root = src.resolve()
+        root = root if root.is_dir() else root.parent
+        if out == root or root in out.parents:
+            raise ValueError(f"refusing to write predictions into the input folder {root} (output {out}); "
+                             f"choose an output folder outside it")
+
+
+def list_input_cases(path: str | os.PathLike, layout: str = "auto",
+                     channels: Sequence[str] | None = None) -> list[Any]:
+    """Cases under ``path``: one image file (3-D, or 4-D with channels last) or a dataset folder
+    in any layout :func:`attnseg.data.readers.find_cases` reads (labels not required)."""
+    from attnseg.data.io import is_image_file, strip_suffix
+    from attnseg.data.readers import Case, find_cases
+
+    p = Path(path)
+    if p.is_file():
+        if not is_image_file(p):
+            raise ValueError(f"{p}: not an image file (NIfTI, NRRD, MHA, ...)")
+        return [Case(case_id=strip_suffix(p.name), image_paths=[p], label_path=None, layout="file")]
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: input not found")
+    return find_cases(p, layout, channels=list(channels) if channels else None, require_labels=False)
+
+
+def _label_convention(case: Any, task: dict[str, Any], override: str | None) -> str:
+    if override:
+        return override
+    conv = getattr(case, "label_convention", "plain")
+    if conv.startswith("brats"):
+        return conv
+    return "brats2020" if str(task.get("label_convention", "")).startswith("brats") or \
+        task.get("kind") == "brats-regions" else "plain"
+
+
+def _load_image(case: Any) -> dict[str, Any]:
+    from attnseg.data.readers import load_case
+
+    data = load_case(case)
+    img = data["image"]
+    # a single 4-D file holds channels on its last axis: (1, x, y, z, C) -> (C, x, y, z)
+    if img.ndim == 5 and img.shape[0] == 1:
+        data["image"] = np.ascontiguousarray(np.moveaxis(img[0], -1, 0))
+    data["label"] = None  # never used for prediction
+    return data
+
+
+@dataclass
+class PredictResult:
+    case_id: str
+    status: str  # "ok", "skipped", "failed"
+    path: Path | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_dir: str | os.PathLike, *,
+                  layout: str = "auto", channels: Sequence[str] | None = None, save_probs: bool = False,
+                  resume: bool = False, label_convention: str | None = None,
+                  log: Callable[[str], None] | None = None) -> list[PredictResult]:
+    """Predict every case of ``input_path`` into ``output_dir``/<case_id>.nii.gz.
+
+    Labels are written in the input's release convention (BraTS 0/1/2/4 or 0/1/2/3 as detected
+    from the input, else the checkpoint's) or as class indices for plain tasks; with
+    ``save_probs`` also ``<case_id>_probs.nii.gz`` (float32, channels on the 4th axis). A case
+    that fails is reported and skipped; ``resume`` skips cases whose output exists.
+    """
+    from attnseg.data.io import save_image
+    from attnseg.data.labels import classes_to_brats
+    from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    inp, out_dir = Path(input_path), Path(output_dir)
+    check_output_dir(out_dir, [inp])
+    names = channels or predictor.task.get("channel_names") or None
+    cases = list_input_cases(inp, layout, names if (inp.is_dir() and names) else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pcfg_dict = dict(predictor.task.get("preprocess") or {})
+    pcfg = PreprocessConfig(**{k: v for k, v in pcfg_dict.items()
+                               if k in PreprocessConfig.__dataclass_fields__ and k != "label_mapping"})
+    results = []
+    for i, case in enumerate(cases, 1):
+        target = out_dir / f"{case.case_id}.nii.gz"
+        tag = f"[{i}/{len(cases)}] {case.case_id}"
+        if resume and target.exists() and (not save_probs or (out_dir / f"{case.case_id}_probs.nii.gz").exists()):
+            log(f"{tag}: exists, skipped (--resume)")
+            results.append(PredictResult(case.case_id, "skipped", target))
+            continue
+        t0 = time.perf_counter()
+        try:
+            data = _load_image(case)
+            conv = _label_convention(case, predictor.task, label_convention)
+            prep = preprocess_case(data, pcfg, "plain")
+            logits = predictor.logits(prep["image"])
+            pp_out = postprocess(logits.numpy(), predictor.postprocess)
+            classes = restore_prediction(pp_out, prep["meta"], fill=0)
+            labels = classes_to_brats(classes, conv) if conv.startswith("brats") else classes
+            save_image(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int16), data["affine"], target,
+                       header=data["header"])
+            if save_probs:
+                probs = restore_prediction(predictor.probabilities(logits).numpy(), prep["meta"], fill=0)
+                inside = np.zeros(probs.shape[1:], dtype=bool)
+                inside[tuple(slice(a, b) for a, b in zip(prep["meta"]["crop_lo"], prep["meta"]["crop_hi"]))] = True
+                probs[0][~inside] = 1.0  # outside the cropped region: background for sure
+                save_image(np.moveaxis(probs.astype(np.float32), 0, -1), data["affine"],
+                           out_dir / f"{case.case_id}_probs.nii.gz", header=data["header"])
+            dt = time.perf_counter() - t0
+            log(f"{tag}: wrote {target} ({dt:.1f} s)")
+            results.append(PredictResult(case.case_id, "ok", target, dt))
+        except Exception as exc:  # one bad case must not stop the others
+            dt = time.perf_counter() - t0
+            log(f"{tag}: FAILED: {exc}")
+            results.append(PredictResult(case.case_id, "failed", None, dt, str(exc)))
+    return results
