@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from attnseg.train.checkpoint import load_checkpoint
@@ -18,7 +17,10 @@ from _tiny import tiny_config, write_brats  # noqa: E402
 def test_torchrun_two_ranks_equals_single_process(tmp_path):
     data = write_brats(tmp_path / "brats", 5, seed=4)
     common = dict(in_channels=4, data__root=str(data), data__val_fraction=0.4, train__epochs=2,
-                  train__schedule={"name": "constant"}, validation__interval=1)
+                  train__schedule={"name": "constant"}, validation__interval=1,
+                  # SGD: the update is linear in the gradient, so float rounding of the all-reduce
+                  # stays at rounding level (Adam's first steps, g/sqrt(g²), amplify it for g ≈ 0)
+                  train__optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True})
     ddp_cfg = tiny_config(tmp_path / "ddp", "run", data__batch_size=1, log__tensorboard=True, **common)
     cfg_file = tmp_path / "ddp.yaml"
     cfg_file.write_text(yaml.safe_dump(ddp_cfg))
@@ -40,8 +42,8 @@ def test_torchrun_two_ranks_equals_single_process(tmp_path):
     # one process, batch 2 = the same global batch and the same samples per iteration
     single = run_training(tiny_config(tmp_path / "single", "run", data__batch_size=2, **common))
     ref = load_checkpoint(single.run_dir / "checkpoints" / "last.pt")
-    for k, v in ref["model"].items():
-        torch.testing.assert_close(ck["model"][k], v, rtol=0, atol=1e-5, msg=k)
+    diff = max(float((ck["model"][k] - v).abs().max()) for k, v in ref["model"].items())
+    assert diff <= 1e-5, diff
     for name in ("train_loss", "val_dice_mean"):
         assert abs(float(ck["best_metric"]) - float(ref["best_metric"])) < 1e-5
         assert abs(single.history[-1][name] - _csv_last(run, name)) < 1e-5

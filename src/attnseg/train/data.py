@@ -1,26 +1,26 @@
-"""Training data: cases, split, deterministic patch sampling and the distributed epoch plan.
+"""Training data: cases, split, the patch pipeline of :mod:`attnseg.data` and the epoch plan.
 
-Every training sample is identified by a key ``(case_index, seed)``; the patch location and
-the augmentation draws are a pure function of that key. The keys of one epoch are a pure
-function of ``(seed, epoch)`` (:class:`EpochPlan`), so an interrupted run that resumes at
-epoch ``e`` sees exactly the samples an uninterrupted run sees, whatever the number of data
-workers, and a DDP run with ``N`` ranks × batch ``b`` sees the same samples per iteration as one
-process with batch ``N·b`` (rank ``r`` takes items ``r·b … r·b+b−1`` of each global batch).
+Patches come from :class:`attnseg.data.dataset.PatchDataset` (foreground oversampling and the
+patch-grid augmentations of :mod:`attnseg.data.augment`): sample ``j`` of epoch ``e`` is a pure
+function of ``(seed, e, j)``. :class:`EpochPlan` hands each rank its indices of every global
+batch, so an interrupted run that resumes at epoch ``e`` sees exactly the samples of an
+uninterrupted run whatever the number of workers, and a DDP run with ``N`` ranks × batch ``b``
+sees per iteration the same samples as one process with batch ``N·b`` (rank ``r`` takes items
+``r·b … r·b+b−1`` of each global batch).
 
-Volumes are held in memory as ``image (C, *sp) float32`` (z-scored per channel over non-zero
-voxels) and ``label (*sp) uint8`` classes (BraTS: 0 bg, 1 NCR/NET, 2 ED, 3 ET).
+Cases read from disk go through the memory-mapped :class:`attnseg.data.cache.CaseCache`;
+in-memory :class:`Volume` lists (Python API, tests) through :class:`MemoryCache`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Sampler
 
 
 @dataclass
@@ -46,36 +46,10 @@ def preprocess_config(cfg: dict[str, Any] | None):
         raise ValueError(f"data.preprocess: {exc}") from exc
 
 
-def load_volumes(root: str, layout: str, task: dict[str, Any], case_ids: Sequence[str] | None = None,
-                 preprocess: dict[str, Any] | None = None) -> list[Volume]:
-    """Read the cases under ``root`` with :mod:`attnseg.data.readers` and preprocess them with
-    :func:`attnseg.data.preprocess.preprocess_case` (crop to non-zero, per-channel z-score over
-    non-zero voxels, optional resampling; BraTS labels → classes 0..3 whatever the release)."""
-    from attnseg.data.preprocess import preprocess_case
-    from attnseg.data.readers import find_cases, load_case
-
-    pcfg = preprocess_config(preprocess)
-    kw = {"channels": list(task["channel_names"])} if task.get("channel_names") else {}
-    cases = find_cases(root, layout=layout, **kw)
-    if case_ids is not None:
-        wanted = set(case_ids)
-        missing = wanted - {c.case_id for c in cases}
-        if missing:
-            raise ValueError(f"{root}: case ids not found: {sorted(missing)[:5]}")
-        cases = [c for c in cases if c.case_id in wanted]
-    vols = []
-    for case in cases:
-        d = preprocess_case(load_case(case), pcfg, case.label_convention)
-        spacing = tuple(float(s) for s in d["meta"]["processed_spacing"])
-        vols.append(Volume(case.case_id, d["image"], d["label"], spacing))
-    return vols
-
-
-def list_case_ids(root: str, layout: str, task: dict[str, Any]) -> list[str]:
-    from attnseg.data.readers import find_cases
-
-    kw = {"channels": list(task["channel_names"])} if task.get("channel_names") else {}
-    return [c.case_id for c in find_cases(root, layout=layout, **kw)]
+def cached_volume(case: Any) -> Volume:
+    """A :class:`attnseg.data.cache.CachedCase` (memory-mapped) as a validation :class:`Volume`."""
+    spacing = case.meta.get("processed_spacing")
+    return Volume(case.case_id, case.image, case.label, tuple(float(s) for s in spacing) if spacing else None)
 
 
 def split_cases(case_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -92,110 +66,77 @@ def split_cases(case_ids: Sequence[str], val_fraction: float, seed: int) -> tupl
     return train, val
 
 
-def _crop_start(size: int, patch: int, centre: int | None, rng: np.random.Generator) -> int:
-    if size <= patch:
-        return 0
-    if centre is None:
-        return int(rng.integers(0, size - patch + 1))
-    return int(min(max(centre - patch // 2, 0), size - patch))
+class MemoryCache:
+    """In-memory stand-in for :class:`attnseg.data.cache.CaseCache` over :class:`Volume` objects."""
 
+    def __init__(self, volumes: Sequence[Volume], fg_samples: int = 20000) -> None:
+        from attnseg.data.cache import CachedCase, foreground_samples
 
-def sample_patch(vol: Volume, patch_size: Sequence[int], rng: np.random.Generator, foreground_fraction: float,
-                 flip: bool = True, intensity: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Random patch ``(C, *patch)``, ``(*patch)`` from ``vol`` (zero-padded where the volume is
-    smaller); with probability ``foreground_fraction`` it is centred on a random foreground voxel.
-    Augmentation: random flips of every axis (p 0.5 each) and, if ``intensity > 0``, a random
-    per-channel scale ``1 + U(−i, i)`` and shift ``U(−i, i)``."""
-    img, lab = vol.image, vol.label
-    sp = img.shape[1:]
-    nd = len(sp)
-    patch = [int(p) for p in patch_size][-nd:]
-    centre = None
-    if lab is not None and rng.random() < foreground_fraction:
-        fg = np.flatnonzero(lab)
-        if fg.size:
-            centre = np.unravel_index(int(fg[rng.integers(fg.size)]), sp)
-    starts = [_crop_start(s, p, None if centre is None else int(centre[i]), rng) for i, (s, p) in
-              enumerate(zip(sp, patch))]
-    sl = tuple(slice(st, st + p) for st, p in zip(starts, patch))
-    out_img = np.zeros((img.shape[0], *patch), np.float32)
-    out_lab = np.zeros(patch, np.uint8)
-    src = img[(slice(None), *sl)]
-    dst = tuple(slice(0, s) for s in src.shape[1:])
-    out_img[(slice(None), *dst)] = src
-    if lab is not None:
-        out_lab[dst] = lab[sl]
-    if flip:
-        axes = [a for a in range(nd) if rng.random() < 0.5]
-        if axes:
-            out_img = np.flip(out_img, [a + 1 for a in axes])
-            out_lab = np.flip(out_lab, axes)
-    if intensity > 0:
-        c = img.shape[0]
-        scale = 1.0 + rng.uniform(-intensity, intensity, c).astype(np.float32)
-        shift = rng.uniform(-intensity, intensity, c).astype(np.float32)
-        out_img = out_img * scale.reshape(-1, *[1] * nd) + shift.reshape(-1, *[1] * nd)
-    return np.ascontiguousarray(out_img), np.ascontiguousarray(out_lab)
-
-
-class PatchDataset(Dataset):
-    """Map-style dataset indexed by sample keys ``(case_index, seed)`` (see module doc)."""
-
-    def __init__(self, volumes: Sequence[Volume], patch_size: Sequence[int], foreground_fraction: float = 0.33,
-                 augmentation: dict[str, Any] | None = None) -> None:
-        self.volumes = list(volumes)
-        self.patch_size = list(patch_size)
-        self.fg = float(foreground_fraction)
-        aug = dict(augmentation or {})
-        self.flip = bool(aug.pop("flip", True))
-        self.intensity = float(aug.pop("intensity", 0.1))
-        if aug:
-            raise ValueError(f"unknown data.augmentation keys {sorted(aug)} (known: flip, intensity)")
+        self.cache_dir = "<memory>"
+        self._cases = [CachedCase(v.case_id, np.asarray(v.image, np.float32), v.label,
+                                  foreground_samples(v.label, fg_samples, seed=i), {})
+                       for i, v in enumerate(volumes)]
 
     def __len__(self) -> int:
-        return len(self.volumes)
+        return len(self._cases)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        case_index, seed = key
-        rng = np.random.default_rng(int(seed))
-        img, lab = sample_patch(self.volumes[case_index], self.patch_size, rng, self.fg, self.flip, self.intensity)
-        return {"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.int64))}
+    def __getitem__(self, i: int):
+        return self._cases[i]
+
+
+def augment_config(cfg: dict[str, Any] | str | None):
+    """``data.augmentation`` → :class:`attnseg.data.augment.AugmentConfig`: a dict of its fields
+    (missing ones keep the data package's defaults) or the string ``"none"``."""
+    from attnseg.data.augment import AugmentConfig
+
+    if cfg in ("none", False):
+        return AugmentConfig.none()
+    kw = dict(cfg or {})
+    for k in ("flip_axes", "rot90_axes", "scale", "gamma_range"):
+        if isinstance(kw.get(k), list):
+            kw[k] = tuple(kw[k])
+    try:
+        return AugmentConfig(**kw)
+    except TypeError as exc:
+        raise ValueError(f"data.augmentation: {exc}") from exc
+
+
+def patch_dataset(cache: Any, patch_size: Sequence[int], samples_per_epoch: int, foreground_fraction: float,
+                  augmentation: dict[str, Any] | str | None, seed: int, case_indices: Sequence[int] | None = None):
+    """The data package's :class:`~attnseg.data.dataset.PatchDataset` with the training settings."""
+    from attnseg.data.dataset import PatchDataset
+
+    return PatchDataset(cache, list(patch_size), samples_per_epoch=samples_per_epoch,
+                        fg_fraction=float(foreground_fraction), augment=augment_config(augmentation),
+                        seed=int(seed), case_indices=case_indices)
 
 
 class EpochPlan(Sampler):
-    """Batch sampler yielding, for one rank, the sample keys of each iteration of an epoch.
+    """Batch sampler yielding, for one rank, its sample indices of each iteration of an epoch.
 
-    Cases are visited in concatenated random permutations (each case once per pass), seeded by
-    ``(seed, epoch)``; sample ``j`` of the epoch gets the augmentation seed derived from
-    ``(seed, epoch, j)``. Call :meth:`set_epoch` before each epoch.
+    An epoch has ``iterations × world × batch`` samples (the dataset's ``samples_per_epoch``);
+    iteration ``k`` of rank ``r`` gets indices ``k·G + r·b … k·G + r·b + b − 1`` with
+    ``G = world·b``. The dataset maps each index to a case and random draws from
+    ``(seed, epoch, index)``; :meth:`set_epoch` forwards the epoch to it.
     """
 
-    def __init__(self, num_cases: int, iterations: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if num_cases < 1:
-            raise ValueError("no training cases")
-        self.num_cases, self.iterations, self.batch = num_cases, iterations, batch_size
-        self.seed, self.rank, self.world = int(seed), rank, world_size
-        self.epoch = 0
+    def __init__(self, dataset: Any, iterations: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.dataset, self.iterations, self.batch = dataset, int(iterations), int(batch_size)
+        self.rank, self.world = int(rank), int(world_size)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.iterations * self.world * self.batch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
-    def global_keys(self) -> list[tuple[int, int]]:
-        """All keys of the epoch, in global order (``iterations × world × batch``)."""
-        n = self.iterations * self.world * self.batch
-        rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
-        passes = math.ceil(n / self.num_cases)
-        order = np.concatenate([rng.permutation(self.num_cases) for _ in range(passes)])[:n]
-        seeds = np.random.default_rng([self.seed, self.epoch, 0xA06]).integers(0, 2**62, size=n)
-        return [(int(c), int(s)) for c, s in zip(order, seeds)]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        keys = self.global_keys()
+    def __iter__(self) -> Iterator[list[int]]:
         g = self.world * self.batch
         for it in range(self.iterations):
             base = it * g + self.rank * self.batch
-            yield keys[base:base + self.batch]
+            yield list(range(base, base + self.batch))
 
     def __len__(self) -> int:
         return self.iterations

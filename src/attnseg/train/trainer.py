@@ -34,7 +34,7 @@ from torch import nn
 
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
-from attnseg.train.data import EpochPlan, PatchDataset, Volume, preprocess_config, region_target
+from attnseg.train.data import EpochPlan, MemoryCache, Volume, patch_dataset, preprocess_config, region_target
 from attnseg.train.losses import build_training_loss
 from attnseg.train.schedules import PlateauSchedule, build_optimizer, build_schedule
 
@@ -454,22 +454,26 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     kind = task["kind"]
     # ---- data
     if volumes is not None:
-        train_vols, val_all = list(volumes[0]), list(volumes[1])
-        val_vols = val_all[dd.rank::dd.world]
-        n_val = len(val_all)
+        train_cache, train_idx = MemoryCache(volumes[0]), None
+        val_all = list(volumes[1])
+        val_vols, n_val = val_all[dd.rank::dd.world], len(val_all)
     else:
-        train_vols, val_vols, n_val = _load_data(cfg, dd)
-    if not train_vols:
+        train_cache, train_idx, val_vols, n_val = _load_data(cfg, dd)
+    n_train = len(train_cache) if train_idx is None else len(train_idx)
+    if not n_train:
         raise ValueError("no training cases")
     global_batch = int(dcfg["batch_size"]) * dd.world
-    iters = tr["iterations_per_epoch"] or math.ceil(len(train_vols) / global_batch)
+    iters = tr["iterations_per_epoch"] or math.ceil(n_train / global_batch)
     iters, epochs = int(iters), int(tr["epochs"])
-    dataset = PatchDataset(train_vols, dcfg["patch_size"], dcfg["foreground_fraction"], dcfg["augmentation"])
-    plan = EpochPlan(len(train_vols), iters, int(dcfg["batch_size"]), int(cfg["seed"]), dd.rank, dd.world)
+    dataset = patch_dataset(train_cache, dcfg["patch_size"], iters * global_batch, dcfg["foreground_fraction"],
+                            dcfg["augmentation"], int(cfg["seed"]), train_idx)
+    plan = EpochPlan(dataset, iters, int(dcfg["batch_size"]), dd.rank, dd.world)
     # ---- model
     from attnseg.models import create_model
 
     _import_plugins(cfg["model"]["imports"])
+    from attnseg.data.dataset import worker_init_fn
+
     model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).to(device)
     if fast:
         model = _fastpath().prepare_model(model, _spatial_dims(model))
@@ -501,14 +505,14 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     end_epoch = epochs if stop_after is None else min(epochs, start_epoch + int(stop_after))
     if dd.main:
         LOG.info("training %s: %d train / %d val cases, %d epochs x %d iterations, global batch %d, %s%s%s",
-                 cfg["model"]["name"], len(train_vols), n_val, epochs, iters, global_batch, device,
+                 cfg["model"]["name"], n_train, n_val, epochs, iters, global_batch, device,
                  f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if amp_dtype else "")
     progress = _Progress(cfg["log"], dd.main)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         plan.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=int(dcfg["workers"]),
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
         model.train()
         sums: dict[str, torch.Tensor] = {}
         progress.start(epoch, epochs, iters)
@@ -678,32 +682,46 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
     return scores
 
 
-def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[list[Volume], list[Volume], int]:
-    from attnseg.train.data import list_case_ids, load_volumes, split_cases
+def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[Any, list[int], list[Volume], int]:
+    """Training cache + indices, this rank's validation volumes, number of validation cases."""
+    from attnseg.data.cache import CaseCache
+    from attnseg.data.readers import find_cases
+    from attnseg.train.data import cached_volume, split_cases
 
     d, task = cfg["data"], cfg["task"]
     if not d["root"]:
         raise ValueError("data.root is not set (use --dataroot or --set data.root=DIR)")
+    kw = {"channels": list(task["channel_names"])} if task.get("channel_names") else {}
+    pcfg = preprocess_config(d["preprocess"])
+
+    def cache_for(root: str) -> Any:
+        tag = hashlib.sha1(json.dumps(pcfg.to_json(), sort_keys=True).encode()).hexdigest()[:8]
+        where = Path(d["cache_dir"]) if d["cache_dir"] else Path(cfg["output_dir"]) / ".cache"
+        cache = CaseCache(find_cases(root, layout=d["layout"], **kw), where / f"{Path(root).resolve().name}-{tag}",
+                          pcfg)
+        if dd.main:
+            cache.prepare(workers=max(int(d["workers"]), 1))
+        if dd.world > 1:
+            dist.barrier()  # the other ranks open what rank 0 built
+        return cache
+
+    cache = cache_for(d["root"])
+    ids = [c.case_id for c in cache.cases]
     if d["train_cases"] is not None:
         train_ids, val_ids = list(d["train_cases"]), list(d["val_cases"] or [])
+    elif d["val_root"]:
+        train_ids, val_ids = ids, []
     else:
-        ids = list_case_ids(d["root"], d["layout"], task)
-        if d["val_root"]:
-            train_ids, val_ids = sorted(ids), None
-        else:
-            train_ids, val_ids = split_cases(ids, float(d["val_fraction"]), int(d["split_seed"]))
-            if d["use_all_for_training"]:
-                train_ids = sorted(ids)
-    train = load_volumes(d["root"], d["layout"], task, train_ids, d["preprocess"])
+        train_ids, val_ids = split_cases(ids, float(d["val_fraction"]), int(d["split_seed"]))
+        if d["use_all_for_training"]:
+            train_ids = ids
+    train_idx = [cache.index_of(i) for i in train_ids]
+    val_cache = cache
     if d["val_root"]:
-        all_val = list_case_ids(d["val_root"], d["layout"], task) if val_ids is None else val_ids
-        shard = sorted(all_val)[dd.rank::dd.world]
-        val = load_volumes(d["val_root"], d["layout"], task, shard, d["preprocess"]) if shard else []
-    else:
-        all_val = val_ids
-        shard = sorted(all_val)[dd.rank::dd.world]
-        val = load_volumes(d["root"], d["layout"], task, shard, d["preprocess"]) if shard else []
-    return train, val, len(all_val)
+        val_cache = cache_for(d["val_root"])
+        val_ids = val_ids or [c.case_id for c in val_cache.cases]
+    shard = sorted(val_ids)[dd.rank::dd.world]
+    return cache, train_idx, [cached_volume(val_cache[val_cache.index_of(i)]) for i in shard], len(val_ids)
 
 
 class _Progress:
