@@ -122,6 +122,15 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
 
         enable_cpu_fastpaths()
         prepare_model(model, nd)
+    if precision == "bf16" and dev.type == "cpu":
+        from attnseg.infer.fastpath import onednn_bf16_supported
+
+        if not onednn_bf16_supported():
+            # without AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, bf16 convolutions are emulated and
+            # ~100x slower than fp32 (measured: docs/inference.md); fp32 is the sensible choice
+            print("attnseg: warning: this CPU has no native bf16 convolution support; using fp32",
+                  file=sys.stderr)
+            precision = "fp32"
     roi = roi_size if roi_size is not None else (task.get("patch_size") or 128)
     if isinstance(roi, (list, tuple)) and len(roi) == 1:
         roi = int(roi[0])
