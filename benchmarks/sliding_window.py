@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's choice)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
+    p.add_argument("--jsonl", type=Path, default=None, help="append each finished row to this JSON-lines file")
     # child mode
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -149,6 +150,9 @@ def main() -> None:
                             dices.append(2 * (s32 & s16).sum() / den if den else 1.0)
                         row["label_dice_vs_fp32"] = float(np.mean(dices))
                     rows.append(row)
+                    if a.jsonl:
+                        with open(a.jsonl, "a") as fh:
+                            fh.write(json.dumps({**row, "shape": a.shape, "features": a.features}) + "\n")
                     print(f"  done {impl} roi {roi} batch {swb}: {res['wall_s']:.1f} s", file=sys.stderr, flush=True)
                 base = next(r for r in rows if r["impl"] == "monai" and r["roi"] == roi and r["sw_batch"] == swb) \
                     if "monai" in impls else None
