@@ -81,11 +81,12 @@ def make_fns(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[Callabl
 
     def fwd_bwd():
         module.train()
+        module(*leaves).backward(grad)
+        # gradients are dropped after (not before) so the peak measurement starts clean
         for p in module.parameters():
             p.grad = None
         for a in leaves:
             a.grad = None
-        module(*leaves).backward(grad)
 
     return fwd, fwd_bwd
 
