@@ -81,14 +81,19 @@ class CaseCache:
     >>> c = cache[0]               # CachedCase with np.memmap arrays
 
     Args:
-        cases: the :class:`~attnseg.data.readers.Case` list (order = index order).
+        cases: the :class:`~attnseg.data.readers.Case` list (order = index order), or a dataset
+            folder (then ``find_cases(folder, **find_kw)``).
         cache_dir: where the entries live (created).
         config: preprocessing configuration (part of the cache key).
         fg_samples: stored foreground coordinates per class.
     """
 
-    def __init__(self, cases: Sequence[Case], cache_dir: str | os.PathLike, config: PreprocessConfig | None = None,
-                 fg_samples: int = 20000):
+    def __init__(self, cases: Sequence[Case] | str | os.PathLike, cache_dir: str | os.PathLike,
+                 config: PreprocessConfig | None = None, fg_samples: int = 20000, **find_kw: Any):
+        if isinstance(cases, (str, os.PathLike)):  # a dataset folder: find its cases (layout auto-detected)
+            from attnseg.data.readers import find_cases
+
+            cases = find_cases(cases, **find_kw)
         if not cases:
             raise DataError(f"{cache_dir}: empty dataset (no cases given to the cache)")
         ids = [c.case_id for c in cases]

@@ -82,11 +82,17 @@ class PatchDataset(Dataset):
 
     def case_order(self) -> list[int]:
         """Case index of every sample of the current epoch (a seeded permutation, repeated as needed)."""
+        key = (self.seed, self.epoch, self.samples_per_epoch)
+        cached = getattr(self, "_order", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         rng = np.random.default_rng([self.seed, self.epoch, 0x5EED])
         n = len(self.indices)
         reps = -(-self.samples_per_epoch // n)
         order = np.concatenate([rng.permutation(n) for _ in range(reps)])[: self.samples_per_epoch]
-        return [self.indices[i] for i in order]
+        result = [self.indices[i] for i in order]
+        self._order = (key, result)
+        return result
 
     def _centre(self, case: CachedCase, rng: np.random.Generator, spatial: tuple[int, ...]) -> np.ndarray:
         classes = case.fg_classes()
