@@ -141,6 +141,23 @@ def test_streaming_calls_predictor_per_window_batch():
     assert sum(sizes) == 27 and max(sizes) == 2 and len(sizes) == 14
 
 
+def test_streaming_keeps_at_most_one_window_output_alive():
+    import weakref
+
+    refs, alive = [], []
+
+    def pred(w):
+        alive.append(sum(r() is not None for r in refs))
+        y = w * 2.0
+        refs.append(weakref.ref(y))
+        return y
+
+    x = torch.randn(1, 1, 20, 20, 20)
+    out = SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2)(x, pred)
+    assert torch.allclose(out, 2 * x, atol=1e-5)
+    assert len(alive) == 32 and max(alive) <= 1  # earlier outputs are released as soon as they are added
+
+
 def test_onednn_conv_equals_default_and_keeps_state_dict():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv3d(4, 16, 3, padding=1), nn.InstanceNorm3d(16, affine=True), nn.ReLU(),
