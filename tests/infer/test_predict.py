@@ -141,3 +141,32 @@ def test_refuses_to_write_into_input_folder(tmp_path, sub, capsys):
     assert main(["predict", "-c", str(ckpt), "-i", str(tmp_path / "data"), "-o", str(out)]) == 1
     assert "refusing to write predictions into the input folder" in capsys.readouterr().err
     assert not list((tmp_path / "data").rglob("*preds*"))
+
+
+def _fake_panet_reference():
+    """A PANet-reference checkpoint from the model tests' key table (skip if that file moved)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "models" / "test_convert_panet.py"
+    if not path.is_file():
+        pytest.skip("tests/models/test_convert_panet.py (fake reference checkpoints) not available")
+    spec = importlib.util.spec_from_file_location("_fake_panet", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = torch.Generator().manual_seed(0)
+    net = {k: torch.randn(shape, generator=g) * 0.2 for k, shape in mod._unet_keys(4).items()}
+    return {"net": net, "epoch": 3}
+
+
+def test_predict_with_panet_reference_checkpoint(tmp_path):
+    ckpt = _fake_panet_reference()
+    torch.save(ckpt, tmp_path / "ref.pkl")  # plain torch.save, as the reference did
+    write_brats_case(tmp_path / "data", "Case_7")
+    out = tmp_path / "pred"
+    assert main(["predict", "-c", str(tmp_path / "ref.pkl"), "--arch", "unet", "-i", str(tmp_path / "data"),
+                 "-o", str(out), "--roi", "32"]) == 0
+    res = nib.load(out / "Case_7.nii.gz")
+    assert res.shape == SHAPE and np.allclose(res.affine, oblique_affine(), atol=1e-5)
+    lab = np.asarray(res.dataobj)
+    assert set(np.unique(lab).tolist()) <= {0, 1, 2, 4}
