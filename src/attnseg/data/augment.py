@@ -231,11 +231,11 @@ def augment_intensity(img: torch.Tensor, rng: np.random.Generator, cfg: AugmentC
     nd = img.ndim - 1
     bshape = (c,) + (1,) * nd
     if rng.random() < cfg.p_gamma:
-        flat = img.reshape(c, -1)
-        mn = flat.amin(1).view(bshape)
-        rngv = (flat.amax(1).view(bshape) - mn).clamp_min(1e-6)
+        lo, hi = torch.aminmax(img.reshape(c, -1), dim=1)
+        mn = lo.view(bshape)
+        rngv = (hi.view(bshape) - mn).clamp_min(1e-6)
         gam = torch.from_numpy(rng.uniform(*cfg.gamma_range, c).astype(np.float32)).view(bshape)
-        img = ((img - mn) / rngv).clamp_(0, 1).pow_(gam).mul_(rngv).add_(mn)
+        img = img.sub_(mn).div_(rngv).clamp_(0, 1).pow_(gam).mul_(rngv).add_(mn)
     if rng.random() < cfg.p_bias:
         # smooth multiplicative field per channel, separable (a product of 1-D profiles along each
         # axis) so that it is applied by nd broadcast multiplications without a full-size field
