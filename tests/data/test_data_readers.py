@@ -214,3 +214,20 @@ def test_make_brats_helper_is_portable(tmp_path):
         shutil.copytree(d, b / d.name)
     assert [c.case_id for c in find_cases(a)] == [c.case_id for c in find_cases(b)]
     assert Path(find_cases(b)[0].image_paths[0]).parent.parent == b
+
+
+def test_manifest_with_nrrd_images_and_cache_from_folder(tmp_path):
+    from attnseg.data.cache import CaseCache
+
+    root = tmp_path / "nrrd"
+    for i in range(2):
+        save_image(np.full((32, 32, 32), 100.0 * (i + 1), np.float32), affine_for(i), root / f"img{i}.nrrd")
+        save_image(label_volume(i, (0, 1, 2, 3)), affine_for(i), root / f"lab{i}.mha")
+    (root / "manifest.csv").write_text("image,label\nimg0.nrrd,lab0.mha\nimg1.nrrd,lab1.mha\n")
+    cases = find_cases(root)
+    assert [c.case_id for c in cases] == ["img0", "img1"]
+    d = load_case(cases[1])
+    np.testing.assert_allclose(d["affine"], affine_for(1), atol=1e-6)
+    np.testing.assert_array_equal(d["label"], label_volume(1, (0, 1, 2, 3)))
+    cache = CaseCache(root, tmp_path / "cache")  # a folder is accepted directly
+    assert cache.prepare() == [0, 1] and cache[1].meta["case_id"] == "img1"
