@@ -59,6 +59,8 @@ _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 _STATE: dict[str, Any] = {}
+# looked up at call time so that tests can observe the routing
+_mkldnn_conv = torch.ops.aten.mkldnn_convolution
 
 
 def tune_malloc(trim_threshold: int = 1 << 30, disable_mmap: bool = True) -> bool:
@@ -138,8 +140,7 @@ def _onednn_forward(self: nn.Conv2d | nn.Conv3d, x: torch.Tensor, nd: int, base:
             b = b.to(dt) if b is not None else None
         if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) and \
                 (x.dtype == torch.float32 or onednn_bf16_supported()):
-            return torch.ops.aten.mkldnn_convolution(x, w, b, list(self.padding), list(self.stride),
-                                                     list(self.dilation), self.groups)
+            return _mkldnn_conv(x, w, b, list(self.padding), list(self.stride), list(self.dilation), self.groups)
     return base.forward(self, x)
 
 
