@@ -40,3 +40,12 @@ def test_scse_combines_cse_and_sse(combine):
     torch.testing.assert_close(m(x), ref)
     with pytest.raises(ValueError, match="combine"):
         create_attention("scse", 8, 2, combine="min")
+
+
+def test_eca_formula_and_kernel_size():
+    torch.manual_seed(3)
+    m = create_attention("eca", 16, 3)
+    assert m.conv.kernel_size == (3,)  # |log2(16)/2 + 1/2| = 2 → next odd 3
+    x = torch.randn(2, 16, 3, 4, 5)
+    w = torch.sigmoid(m.conv(x.mean((2, 3, 4)).unsqueeze(1))).squeeze(1)
+    torch.testing.assert_close(m(x), x * w.view(2, 16, 1, 1, 1))
