@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     rows = build_rows(args.dims, args.size, args.backbones, args.attention, not args.no_latency, args.repeats)
     cmd = "attnseg zoo" + "".join(
         f" {flag} {val}" for flag, val in (("--dims", args.dims), ("--size", args.size), ("--repeats", args.repeats))
-        if val != {"--dims": 3, "--size": 32, "--repeats": 3}[flag]) + (" --no-latency" if args.no_latency else "")
+        if val != {"--dims": 3, "--size": 32, "--repeats": 3}[flag]) + (" --no-latency" if args.no_latency else "") + (
+        f" --threads {args.threads}" if args.threads else "")
     text = render(rows, args.dims, args.size, not args.no_latency, args.repeats, torch.get_num_threads(), cmd)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
