@@ -71,7 +71,7 @@ def _worker(mode: str, model_name: str, size: int, repeats: int, threads: int) -
 
     step()  # warm-up: oneDNN primitive creation, allocator growth
     times = [step() for _ in range(repeats)]
-    return {"mode": mode, "times": times}
+    return {"mode": mode, "times": times, "native_bf16": fastpath.onednn_bf16_supported() if fast else None}
 
 
 def main() -> None:
@@ -87,12 +87,15 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.model, args.size, args.repeats, args.threads)))
         return
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    native = None
     for _ in range(args.rounds):
         for mode in MODES:
             cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            times[mode] += json.loads(out.strip().splitlines()[-1])["times"]
+            res = json.loads(out.strip().splitlines()[-1])
+            times[mode] += res["times"]
+            native = res["native_bf16"] if res["native_bf16"] is not None else native
     base = statistics.median(times["plain-fp32"])
     rows = [{"mode": m, "median s/step": f"{statistics.median(t):.3f}", "min s": f"{min(t):.3f}",
              "speed-up vs plain fp32": f"{base / statistics.median(t):.2f}x", "steps": len(t)}
@@ -100,7 +103,8 @@ def main() -> None:
     from attnseg.report.table import print_table
 
     print_table(rows, ["mode", "median s/step", "min s", "speed-up vs plain fp32", "steps"],
-                title=f"train step: {args.model}, 1x4x{args.size}^3, {args.threads} threads")
+                title=f"train step: {args.model}, 1x4x{args.size}^3, {args.threads} threads, "
+                      f"native oneDNN bf16: {native}")
 
 
 if __name__ == "__main__":

@@ -485,6 +485,10 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
     schedule = build_schedule(optimizer, tr["schedule"], iters, epochs)
     amp_dtype, use_scaler = _precision(tr["precision"], device)
+    if amp_dtype == torch.bfloat16 and device.type == "cpu" and dd.main and \
+            not _fastpath().onednn_bf16_supported():
+        LOG.warning("bf16 autocast on a CPU without native bf16 convolutions (no AVX-512 BF16/AMX): "
+                    "it is emulated and slower than fp32")
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     start_epoch, iteration, best, best_epoch = 0, 0, None, None
     if ckpt is not None:
