@@ -181,7 +181,7 @@ def test_metric_table_values_and_shape(report):
     assert list(by_label) == ["WT", "TC", "ET", "mean of regions"]
     for k, region in enumerate(("WT", "TC", "ET")):
         vals = [d[k] for d in DICE.values()]
-        mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1))
+        mean, std = float(np.mean(vals)), float(np.std(vals))  # population std, as attnseg evaluate
         assert by_label[region][1] == "5"
         assert by_label[region][2] == f"{mean:.3f} ± {std:.3f}"
         assert by_label[region][3].startswith(f"{np.median(vals):.3f} [")
@@ -222,10 +222,12 @@ def test_missing_predictions_are_noted_not_fatal(tiny_run, tmp_path):
 
 def test_cli_report(tiny_run, tmp_path, capsys):
     out = tmp_path / "cli"
+    # no predictions here (overlays are covered above): keeps this test cheap
     assert main(["report", str(tiny_run["run"]), "--eval", str(tiny_run["eval"]), "--out", str(out),
-                 "--no-standalone"]) == 0
+                 "--pred", str(tmp_path / "none"), "--no-standalone"]) == 0
     printed = capsys.readouterr().out
     assert str(out / "index.html") in printed and (out / "report.md").is_file()
+    assert "note: overlays left out" in printed
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert "run folder not found" in capsys.readouterr().err
 
@@ -239,7 +241,7 @@ def test_wide_per_case_csv_and_describe(tmp_path):
     assert ev.values("ET", "hd95") == [6.0]  # NaN and empty cells are left out, not counted as 0
     d = describe([1.0, 2.0, 3.0, 4.0])
     assert d["mean"] == 2.5 and d["median"] == 2.5 and d["q1"] == 1.75 and d["q3"] == 3.25
-    assert d["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    assert d["std"] == pytest.approx(np.std([1, 2, 3, 4]))
 
 
 def test_ras_reorientation_and_lesion_centre():

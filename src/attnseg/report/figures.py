@@ -132,11 +132,37 @@ def plot_validation(rows: Sequence[dict[str, Any]], path: str | Path, metric: st
     return _save(fig, Path(path))
 
 
+# distance metrics that BraTS conventions set to a fixed penalty (legacy 373.13, lesion-wise 374)
+PENALISED = ("hd95", "assd", "lw_hd95", "hd95_lesionwise")
+PENALTY_MIN = 373.0
+
+
+def _fold_penalties(ax: Any, data: Sequence[Sequence[float]], pos: Sequence[int]) -> None:
+    """Mark penalty values (≥ :data:`PENALTY_MIN`) as triangles at the top of ``ax`` with their count."""
+    counts = [sum(1 for v in d if v >= PENALTY_MIN) for d in data]
+    if not any(counts):
+        return
+    lo, hi = ax.get_ylim()
+    finite = [v for d in data for v in d if v < PENALTY_MIN]
+    top = max(finite) * 1.15 if finite and max(finite) > 0 else 1.0
+    ax.set_ylim(min(lo, 0), top * 1.12)
+    for n, p in zip(counts, pos):
+        if n:
+            ax.scatter([p], [top * 1.04], marker="^", s=40, color="black", zorder=4, clip_on=False)
+            ax.annotate(f"{n}× penalty", (p, top * 1.04), textcoords="offset points", xytext=(-7, -3), fontsize=7,
+                        ha="right")
+    ax.axhline(top, color="#999999", lw=0.8, ls=":")
+    ax.text(0.01, 0.99, f"▲ = BraTS penalty (≥ {PENALTY_MIN:g}), off scale", transform=ax.transAxes,
+            fontsize=7, va="top", color="#555555")
+
+
 def plot_boxes(ev: EvalData, path: str | Path, metrics: Sequence[str] = ("dice", "hd95"),
                units: str = "voxels") -> Path | None:
     """Box plots of the per-case scores per region/class, one panel per metric, every case as a dot.
 
-    Boxes: median and quartiles; whiskers 1.5 IQR. Returns ``None`` when none of ``metrics`` exists.
+    Boxes: median and quartiles; whiskers 1.5 IQR. BraTS penalty distances (373.13 / 374 for a
+    region missed or predicted on empty ground truth) are left out of the boxes and marked at the
+    top of the panel with their count. Returns ``None`` when none of ``metrics`` exists.
     """
     import numpy as np
 
@@ -149,16 +175,21 @@ def plot_boxes(ev: EvalData, path: str | Path, metrics: Sequence[str] = ("dice",
     for ax, m in zip(axes[0], metrics):
         data = [ev.values(label, m) for label in ev.labels]
         pos = list(range(1, len(ev.labels) + 1))
-        shown = [d if d else [np.nan] for d in data]
+        # BraTS penalty distances (373.13 / 374) would squash every box to the bottom: the boxes
+        # are drawn from the other values and the penalties are marked at the top edge
+        clean = [[v for v in d if not (m in PENALISED and v >= PENALTY_MIN)] for d in data]
+        shown = [d if d else [np.nan] for d in clean]
         bp = ax.boxplot(shown, positions=pos, widths=0.55, patch_artist=True, showfliers=False,
                         medianprops={"color": "black", "lw": 1.5})
         for i, (patch, label) in enumerate(zip(bp["boxes"], ev.labels)):
             patch.set_facecolor(colour(label, i))
             patch.set_alpha(0.35)
-        for i, (d, p, label) in enumerate(zip(data, pos, ev.labels)):
+        for i, (d, p, label) in enumerate(zip(clean, pos, ev.labels)):
             if d:
                 ax.scatter(p + rng.uniform(-0.13, 0.13, len(d)), d, s=14, color=colour(label, i),
                            edgecolors="black", linewidths=0.4, zorder=3)
+        if m in PENALISED:
+            _fold_penalties(ax, data, pos)
         ax.set_xticks(pos)
         ax.set_xticklabels([f"{label}\n(n={len(d)})" for label, d in zip(ev.labels, data)])
         name = {"dice": "Dice", "hd95": f"HD95 ({units})"}.get(m, m)

@@ -142,7 +142,8 @@ def _metric_table(ev: EvalData, units: str) -> tuple[list[str], list[list[str]]]
 
 
 def _other_metrics_table(ev: EvalData, units: str) -> tuple[list[str], list[list[str]]] | None:
-    others = [m for m in ev.metrics if m not in ("dice", "hd95")]
+    # voxel counts (ref_voxels, pred_voxels) are context, not metrics
+    others = [m for m in ev.metrics if m not in ("dice", "hd95") and not m.endswith("_voxels")]
     if not others:
         return None
     header = ["Region / class"] + [f"{_metric_name(m, units)} (mean)" for m in others]
@@ -253,7 +254,9 @@ def _render_html(page: _Page, base: Path, embed: bool) -> str:
         if kind == "fig":
             return _img_tag(b[1], base, embed)
         if kind == "details":
-            return f"<details><summary>{_esc(b[1])}</summary>" + "".join(block(x) for x in b[2]) + "</details>"
+            is_open = " open" if len(b) > 3 and b[3] else ""
+            return (f"<details{is_open}><summary>{_esc(b[1])}</summary>" + "".join(block(x) for x in b[2])
+                    + "</details>")
         if kind == "pre":
             return f"<pre>{_esc(b[1])}</pre>"
         raise ValueError(f"unknown block {kind!r}")
@@ -320,9 +323,19 @@ def _default_dir(run: Path, explicit: str | Path | None, names: tuple[str, ...])
     return None
 
 
+def _info(ev: EvalData, *keys: str) -> Any:
+    """First of ``keys`` found in summary.json, at the top level or under ``info``
+    (``attnseg evaluate`` writes ``{"info": {...}, "summary": {...}}``)."""
+    info = ev.summary.get("info") if isinstance(ev.summary.get("info"), dict) else {}
+    for k in keys:
+        for d in (ev.summary, info):
+            if k in d and d[k] is not None:
+                return d[k]
+    return None
+
+
 def _units(ev: EvalData) -> str:
-    s = ev.summary
-    flag = s.get("spacing_aware", s.get("spacing-aware", s.get("units")))
+    flag = _info(ev, "distance_units", "spacing_aware", "units")
     if flag in (True, "mm"):
         return "mm"
     return "voxels" if flag in (False, None, "voxels", "voxel") else str(flag)
@@ -402,11 +415,11 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
     if ev is None:
         notes.append("no evaluation folder: metric table, box plots and overlays are left out "
                      "(run `attnseg evaluate` and pass --eval)")
-    if pred_dir is None and ev is not None and isinstance(ev.summary.get("pred"), str):
-        pred_dir = ev.summary["pred"]
+    if pred_dir is None and ev is not None and isinstance(_info(ev, "pred", "pred_dir"), str):
+        pred_dir = _info(ev, "pred", "pred_dir")
     pdir = _default_dir(run.path, pred_dir, ("predictions", "pred"))
-    if data_dir is None and ev is not None and isinstance(ev.summary.get("ref"), str):
-        data_dir = ev.summary["ref"]
+    if data_dir is None and ev is not None and isinstance(_info(ev, "ref", "ref_dir"), str):
+        data_dir = _info(ev, "ref", "ref_dir")
     ddir = Path(data_dir) if data_dir is not None else run.data_root()
     units = _units(ev) if ev is not None else "voxels"
 
@@ -445,6 +458,11 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
                      f"of the distances between the two surfaces, in {units}, 0 is perfect. ↑ higher is better, "
                      "↓ lower is better."),
             ("table", header, rows, ["total" if r[0] == "mean of regions" else "" for r in rows])]
+        penalties = sum(1 for r in ev.rows if isinstance(r.get("hd95"), (int, float)) and r["hd95"] >= 373.0)
+        if penalties:
+            blocks.append(("note", f"{penalties} case/region value(s) of HD95 are the BraTS penalty (373.13: a region "
+                                   "missed entirely, or predicted where the ground truth has none). They dominate "
+                                   "the mean and std; the median [Q1, Q3] is the more representative figure."))
         other = _other_metrics_table(ev, units)
         if other is not None:
             blocks += [("h3", "Other metrics"), ("table", other[0], other[1])]
@@ -470,7 +488,8 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
         page.add("overlays", "Best, median and worst cases", *ov_blocks)
         h, r = _per_case_table(ev, picks)
         page.add("cases", "Per-case scores", ("details", f"All {len(ev.case_ids)} cases, best first",
-                                              [("table", h, r, ["pick" if row[-1] else "" for row in r])]))
+                                              [("table", h, r, ["pick" if row[-1] else "" for row in r])],
+                                              len(ev.case_ids) <= 30))
     else:
         page.add("metrics", "Test-set metrics", ("note", next(n for n in notes if n.startswith("no evaluation"))))
 

@@ -268,12 +268,16 @@ def read_eval(eval_dir: str | Path) -> EvalData:
 
 
 def describe(values: list[float]) -> dict[str, float | int | None]:
-    """n, mean, std (sample, ddof 1), median, q1, q3, min, max of ``values`` (None when empty)."""
+    """n, mean, std, median, q1, q3, min, max of ``values`` (None when empty).
+
+    ``std`` is the population standard deviation (ddof 0), as in ``attnseg evaluate``'s
+    summary, so the report and summary.json agree.
+    """
     import numpy as np
 
     if not values:
         return {"n": 0, "mean": None, "std": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}
     a = np.asarray(values, dtype=np.float64)
-    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()),
             "median": float(np.median(a)), "q1": float(np.percentile(a, 25)), "q3": float(np.percentile(a, 75)),
             "min": float(a.min()), "max": float(a.max())}
