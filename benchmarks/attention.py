@@ -15,8 +15,10 @@ channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by
 described in seed-models.md §5.3) and the straightforward vectorisation (plain autograd),
 at 1×32×48³ and 1×128×48³.
 
-Usage: ``python benchmarks/attention.py [--quick] [--repeats N] [--threads T] [--only NAME,...]``.
-Times are medians; the machine may be shared, so compare ratios measured in the same run.
+Usage: ``python benchmarks/attention.py [--quick] [--repeats N] [--threads T] [--only NAME,...]
+[--clock wall|cpu]``. Times are medians; on a shared machine compare ratios measured in the
+same run, or use ``--clock cpu`` (process CPU time, which does not count time spent
+preempted by other processes).
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ def make_fns(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[Callabl
     return fwd, fwd_bwd
 
 
+# wall clock by default; --clock cpu uses the process CPU time (user + system, all threads),
+# which ignores time spent preempted when the machine is shared
+CLOCK: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCK["wall"]
+
+
 def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median times of ``fn`` and ``ref`` measured alternately (so load drift hits both)."""
     fn()
@@ -98,9 +106,9 @@ def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: i
     a, b = [], []
     for _ in range(repeats):
         for f, out in ((fn, a), (ref, b)):
-            t0 = time.perf_counter()
+            t0 = _clock()
             f()
-            out.append(time.perf_counter() - t0)
+            out.append(_clock() - t0)
     return statistics.median(a), statistics.median(b)
 
 
@@ -229,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default=None, help="comma-separated module names (default: all)")
     p.add_argument("--skip-modules", action="store_true", help="only the PAM comparison")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                   help="wall time (default) or process CPU time (robust on a shared machine)")
     args = p.parse_args(argv)
+    global _clock
+    _clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     names = [e.name for e in ATTENTION.entries() if e.tags.get("plugin_test", True)]
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown modules {unknown}; choose from {names}")
         names = wanted
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}, {args.clock} clock")
     if not args.skip_modules:
         module_table(names, repeats)
     pam_table(repeats, (32,) if args.quick else (32, 128))
