@@ -158,14 +158,15 @@ def run_script(script: Path, quick: bool, timeout: float) -> dict:
     if md_file is not None:
         md = md_file.read_text() if md_file.is_file() else ""
         md_file.unlink(missing_ok=True)
-    shown = [c if not (md_file and c == str(md_file)) else "FILE.md" for c in cmd]
+    shown = ["python"] + [c if not (md_file and c == str(md_file)) else "FILE.md" for c in cmd[1:]]
     return {"script": script.name, "cmd": " ".join(shown), "rc": rc, "wall_s": wall, "stdout": out,
             "stderr": err, "markdown": md, "quick": "--quick" in cmd}
 
 
 def _section(res: dict, peak: float | None) -> str:
     lines = [f"## {res['script']}", "",
-             f"`{res['cmd']}` — {res['wall_s'] / 60:.1f} min, exit status {res['rc']}"
+             f"`{res['cmd']}` — {res['wall_s'] / 60:.1f} min, "
+             + ("timed out" if res["rc"] == 124 else f"exit status {res['rc']}")
              + (" (quick mode)" if res["quick"] else ""), ""]
     doc = _docstring_first_line(HERE / res["script"])
     if doc:

@@ -161,7 +161,7 @@ def _tiny(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
     if size is not None and len(size) == dims + 2:  # full (B, C, *spatial) shape
         size = size[2:]
     x = example_input(model, {"model_kwargs": {**entry.defaults, **kwargs}}, input_size=size,
-                      probe_sizes=(16, 24, 32, 48, 64, 96, 128))
+                      probe_sizes=(16, 32, 64, 24, 48, 96, 128))
     return model, x, kwargs
 
 
