@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,18 +165,6 @@ def _env_info(device: torch.device, world: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 # validation
-
-
-def sliding_window(x: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], roi_size: Sequence[int],
-                   overlap: float, sw_batch_size: int, blend: str) -> torch.Tensor:
-    """Whole-volume logits with attnseg's sliding-window inferer (MONAI's if it is missing)."""
-    try:
-        from attnseg.infer.sliding_window import SlidingWindowInferer
-    except ImportError:
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(x, list(roi_size), sw_batch_size, predictor, overlap=overlap, mode=blend)
-    return SlidingWindowInferer(list(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)(x, predictor)
 
 
 def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
@@ -648,19 +636,16 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
     amp = vcfg["precision"] == "bf16"
     activated = getattr(model, "eval_activation", None)
 
-    def predictor(t: torch.Tensor) -> torch.Tensor:
-        if fast:
-            t = _fastpath().prepare_input(t)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-        with ctx:
-            y = model(t)
-        return (y["out"] if isinstance(y, dict) else y).float()
+    from attnseg.infer.sliding_window import SlidingWindowInferer
 
+    nd = next(iter(vols)).image.ndim - 1 if vols else 3
+    inferer = SlidingWindowInferer(list(vcfg["roi_size"])[-nd:], overlap=float(vcfg["overlap"]),
+                                   sw_batch_size=int(vcfg["sw_batch_size"]), blend=vcfg["blend"],
+                                   precision="bf16" if amp else "fp32", channels_last=fast)
     sums: dict[str, float] = {}
     for vol in vols[: vcfg["max_cases"] or None]:
-        x = torch.from_numpy(vol.image)[None].to(device)
-        y = sliding_window(x, predictor, vcfg["roi_size"][-(x.dim() - 2):], float(vcfg["overlap"]),
-                           int(vcfg["sw_batch_size"]), vcfg["blend"])
+        x = torch.from_numpy(np.asarray(vol.image, dtype=np.float32))[None].to(device)
+        y = inferer(x, model)
         for k, v in validation_scores(y.cpu(), vol.label, kind, activated, bool(vcfg["hd95"]), vol.spacing).items():
             sums[k] = sums.get(k, 0.0) + v
         sums["_n"] = sums.get("_n", 0.0) + 1
