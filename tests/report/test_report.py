@@ -259,3 +259,26 @@ def test_ras_reorientation_and_lesion_centre():
     c = lesion_centre([np.zeros_like(crescent), crescent], crescent.shape)
     assert crescent[c]
     assert lesion_centre([np.zeros((4, 4, 4), bool)], (4, 4, 4)) == (2, 2, 2)
+
+
+def test_overlay_of_a_plain_label_task(tmp_path):
+    """Non-BraTS labels: one contour per label value, both rows drawn, valid PNG."""
+    from attnseg.data.readers import Case
+    from attnseg.report.overlays import load_overlay_case, plot_overlay
+
+    img = np.random.default_rng(1).normal(50, 5, SHAPE).astype(np.float32)
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[4:10, 4:10, 3:8] = 1
+    ref[12:16, 8:14, 4:9] = 3
+    pred = np.roll(ref, 1, axis=1)
+    _save(img, tmp_path / "img.nii.gz")
+    _save(ref, tmp_path / "ref.nii.gz")
+    _save(pred, tmp_path / "pred.nii.gz")
+    case = Case("c1", [tmp_path / "img.nii.gz"], tmp_path / "ref.nii.gz", "malc", "plain")
+    oc = load_overlay_case(case, tmp_path / "pred.nii.gz")
+    assert list(oc.reference) == ["1", "3"] and list(oc.prediction) == ["1", "3"]
+    # masks were reoriented like the image: voxel counts are unchanged
+    assert int(oc.reference["3"].sum()) == int((ref == 3).sum())
+    assert oc.spacing == pytest.approx(ras_spacing(AFFINE))
+    path = plot_overlay(oc, tmp_path / "o.png")
+    _assert_png(path.read_bytes(), "plain overlay")
