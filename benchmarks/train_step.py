@@ -81,28 +81,29 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per mode and round")
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds over the modes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.size, args.repeats, args.threads)))
         return
-    times: dict[str, list[float]] = {m: [] for m in MODES}
+    times: dict[str, list[float]] = {m: [] for m in args.modes}
     native = None
     for _ in range(args.rounds):
-        for mode in MODES:
+        for mode in args.modes:
             cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(args.size),
                    "--repeats", str(args.repeats), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
             times[mode] += res["times"]
             native = res["native_bf16"] if res["native_bf16"] is not None else native
-    base = statistics.median(times["plain-fp32"])
+    base = statistics.median(times[args.modes[0]])
     rows = [{"mode": m, "median s/step": f"{statistics.median(t):.3f}", "min s": f"{min(t):.3f}",
-             "speed-up vs plain fp32": f"{base / statistics.median(t):.2f}x", "steps": len(t)}
+             f"speed-up vs {args.modes[0]}": f"{base / statistics.median(t):.2f}x", "steps": len(t)}
             for m, t in times.items()]
     from attnseg.report.table import print_table
 
-    print_table(rows, ["mode", "median s/step", "min s", "speed-up vs plain fp32", "steps"],
+    print_table(rows, ["mode", "median s/step", "min s", f"speed-up vs {args.modes[0]}", "steps"],
                 title=f"train step: {args.model}, 1x4x{args.size}^3, {args.threads} threads, "
                       f"native oneDNN bf16: {native}")
 

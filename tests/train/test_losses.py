@@ -216,6 +216,10 @@ def test_validation_scores_regions_and_classes_by_hand():
     s = validation_scores(logits, label, "brats-regions", activated=None)
     assert s["dice_ET"] == pytest.approx(2 * 1 / 3) and s["dice_WT"] == 1.0
     assert s["dice_TC"] == pytest.approx(0.0)  # TC predicted empty, reference has 2 voxels
+    h = validation_scores(logits, label, "brats-regions", activated=None, hd95=True)
+    assert (h["hd95_WT"], h["hd95_TC"]) == (0.0, 373.13)  # exact; empty prediction → BraTS 373.13
+    # directed distances ref→pred (0, 1) and pred→ref (0): 95th percentile, linear interpolation → 0.95
+    assert h["hd95_ET"] == pytest.approx(0.95)
     empty = validation_scores(torch.full((1, 4, 4, 4), -5.0), np.zeros((4, 4), np.int64), "brats-regions", None)
     assert empty == {"dice_ET": 1.0, "dice_TC": 1.0, "dice_WT": 1.0}  # both empty → 1 (BraTS rule)
     probs = torch.zeros(1, 3, 4, 4)

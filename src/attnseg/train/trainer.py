@@ -176,20 +176,16 @@ def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) -> float:
-    try:
-        from attnseg.metrics import hd95
-    except ImportError:
-        hd95 = None
-    if hd95 is not None:
-        return float(hd95(pred, ref, spacing=spacing))
+    """HD95 (:func:`attnseg.metrics.core.hd95`, MONAI definition) with the BraTS legacy rules:
+    both empty → 0, one empty or infinite → 373.13."""
+    from attnseg.metrics.brats import BRATS_MAX_HD95
+    from attnseg.metrics.core import hd95
+
     if not pred.any() and not ref.any():
         return 0.0
     if not pred.any() or not ref.any():
-        return 373.13
-    from monai.metrics import compute_hausdorff_distance
-
-    return float(compute_hausdorff_distance(torch.from_numpy(pred)[None, None], torch.from_numpy(ref)[None, None],
-                                            percentile=95, spacing=spacing))
+        return BRATS_MAX_HD95
+    return float(min(hd95(pred, ref, spacing=spacing), BRATS_MAX_HD95))
 
 
 def validation_scores(output: torch.Tensor, label: np.ndarray, kind: str, activated: str | None,
