@@ -42,6 +42,16 @@ def _finite(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list
     return xs, ys
 
 
+def _integer_epochs(ax: Any) -> None:
+    """Whole-number epoch ticks (a one-epoch run would otherwise get ticks 0.96 … 1.04)."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = ax.dataLim.intervalx
+    if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 4:  # few epochs: pad to whole numbers
+        ax.set_xlim(math.floor(lo) - 1, math.ceil(hi) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
@@ -76,6 +86,7 @@ def plot_loss(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
         if spans and max(spans) > 20:  # several decades: a log axis keeps the tail readable
             ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    _integer_epochs(ax)
     ax.set_ylabel("training loss (mean over the epoch)")
     ax.set_title("Training loss")
     ax.grid(alpha=0.3)
@@ -84,7 +95,8 @@ def plot_loss(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     if has_lr:
         ax2 = axes[0][1]
         xs, ys = _finite(rows, "lr")
-        ax2.plot(xs, ys, color="#555555", lw=1.5)
+        ax2.plot(xs, ys, color="#555555", lw=1.5, marker="o" if len(xs) < 30 else None, ms=3)
+        _integer_epochs(ax2)
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("learning rate (end of epoch)")
         ax2.set_title("Learning rate")
@@ -124,6 +136,7 @@ def plot_validation(rows: Sequence[dict[str, Any]], path: str | Path, metric: st
     if metric == "dice":
         ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch")
+    _integer_epochs(ax)
     ax.set_ylabel(f"validation {name}" + (" (lower is better)" if lower else " (higher is better)"))
     ax.set_title(f"Validation {name} per region")
     ax.grid(alpha=0.3)

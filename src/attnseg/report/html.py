@@ -94,7 +94,8 @@ def _summary_rows(run: RunData, ev: EvalData | None, params: int | None) -> list
     if run.metrics:
         last = run.metrics[-1]
         secs = sum(float(r["time_s"]) for r in run.metrics if isinstance(r.get("time_s"), (int, float)))
-        rows.append(("Training", f"{last.get('epoch', '?')} epochs, {_fmt(last.get('iteration'))} iterations"
+        ep, it = last.get("epoch", "?"), last.get("iteration")
+        rows.append(("Training", f"{ep} epoch{'' if ep == 1 else 's'}, {_fmt(it)} iteration{'' if it == 1 else 's'}"
                                  + (f", {secs / 60:.1f} min" if secs else "")))
         vals = [(r["epoch"], r["val_dice_mean"]) for r in run.metrics
                 if isinstance(r.get("val_dice_mean"), (int, float)) and math.isfinite(r["val_dice_mean"])]
