@@ -60,11 +60,14 @@ def test_torchrun_relaunch_command_for_gpu_ids():
                          ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_configs_resolve_and_name_registered_models(path):
     from attnseg.models import get_model_entry
+    from attnseg.train.data import augment_config, preprocess_config
     from attnseg.train.losses import build_training_loss
 
     cfg = resolve_config(load_yaml(path))
     get_model_entry(cfg["model"]["name"])  # raises KeyError for unknown models
     build_training_loss(cfg["loss"], cfg["task"]["kind"])
+    augment_config(cfg["data"]["augmentation"])  # every field known to the data pipeline
+    preprocess_config(cfg["data"]["preprocess"])
     assert cfg["validation"]["roi_size"] and cfg["name"] != "run"
 
 
