@@ -45,6 +45,13 @@ def slice_layout(shape: Sequence[int], slice_axis: int | None) -> tuple[int, int
     return b, c, pre, spatial[slice_axis], post
 
 
+def broadcast_shape(shape: Sequence[int], slice_axis: int | None) -> list[int]:
+    """Shape that broadcasts a ``(B, C, D)`` tensor against ``x.shape`` along the slice axis
+    (``None``: a ``(B, C, 1)`` tensor over every spatial axis)."""
+    b, c, *spatial = (int(s) for s in shape)
+    return [b, c] + [spatial[i] if i == slice_axis else 1 for i in range(len(spatial))]
+
+
 def pooled_mean(x5: torch.Tensor) -> torch.Tensor:
     """``(B, C, pre, D, post)`` → per-slice mean ``(B, C, D)``."""
     if x5.shape[2] == 1:
@@ -100,21 +107,23 @@ def _blocked_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class PooledScale(torch.autograd.Function):
     """``y = x * f(mean-pooled x)`` with a two-pass backward (see the module docstring).
 
-    ``apply(x, layout, f, *params)``: ``layout = (B, C, pre, D, post)`` from
-    :func:`slice_layout`; ``f`` maps ``z`` of shape ``(B, C, D)`` to ``a`` of the same
-    shape using only ``params`` (module parameters) and constants.
+    ``apply(x, layout, bshape, f, *params)``: ``layout = (B, C, pre, D, post)`` from
+    :func:`slice_layout`, ``bshape`` from :func:`broadcast_shape`; ``f`` maps ``z`` of shape
+    ``(B, C, D)`` to ``a`` of the same shape using only ``params`` (module parameters) and
+    constants.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layout: tuple[int, ...], fn: Callable[[torch.Tensor], torch.Tensor],
-                *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layout: tuple[int, ...], bshape: list[int],
+                fn: Callable[[torch.Tensor], torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
         b, c, pre, d, post = layout
-        x5 = x.reshape(b, c, pre, d, post)
-        z = pooled_mean(x5)
+        z = pooled_mean(x.reshape(b, c, pre, d, post))
         a = fn(z)
         ctx.save_for_backward(x, z, *params)
-        ctx.layout, ctx.fn = layout, fn
-        return (x5 * a.view(b, c, 1, d, 1)).view(x.shape)
+        ctx.layout, ctx.bshape, ctx.fn = layout, bshape, fn
+        # broadcast against x's own shape so the output (and later the input gradient) is a
+        # fresh tensor, not a view (autograd would copy a view when accumulating .grad)
+        return x * a.view(bshape)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -128,7 +137,7 @@ class PooledScale(torch.autograd.Function):
         else:
             ga = _blocked_dot(g5.reshape(b * c, pre, d, post), x5.reshape(b * c, pre, d, post)).view(b, c, d)
         want_x = ctx.needs_input_grad[0]
-        grad_params = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
+        grad_params = [p for p, need in zip(params, ctx.needs_input_grad[4:]) if need]
         with torch.enable_grad():
             zz = z.detach().requires_grad_(want_x)
             a = ctx.fn(zz)
@@ -140,16 +149,16 @@ class PooledScale(torch.autograd.Function):
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
             a = a.detach()
             # input gradient in one pass: g·a (the multiply) + dL/dz / n (the mean), fused
-            gx = torch.addcmul(gz.view(b, c, 1, d, 1), g5, a.view(b, c, 1, d, 1)).view(x.shape)
+            gx = torch.addcmul(gz.view(ctx.bshape), g, a.view(ctx.bshape))
         out_params: list[torch.Tensor | None] = []
         it = iter(grads)
-        for p, need in zip(params, ctx.needs_input_grad[3:]):
+        for p, need in zip(params, ctx.needs_input_grad[4:]):
             if need:
                 gp = next(it)
                 out_params.append(torch.zeros_like(p) if gp is None else gp)
             else:
                 out_params.append(None)
-        return (gx, None, None, *out_params)
+        return (gx, None, None, None, *out_params)
 
 
 def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
@@ -157,9 +166,8 @@ def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Te
     """``x * fn(per-slice mean of x)`` broadcast over the pooled axes, with the lean
     backward when a gradient is needed and plain ops otherwise (same values)."""
     layout = slice_layout(x.shape, slice_axis)
+    bshape = broadcast_shape(x.shape, slice_axis)
     if use_fused(x, params):
-        return PooledScale.apply(x, layout, fn, *params)
-    b, c, pre, d, post = layout
-    x5 = x.reshape(b, c, pre, d, post)
-    a = fn(pooled_mean(x5))
-    return (x5 * a.view(b, c, 1, d, 1)).view(x.shape)
+        return PooledScale.apply(x, layout, bshape, fn, *params)
+    a = fn(pooled_mean(x.reshape(layout)))
+    return x * a.view(bshape)

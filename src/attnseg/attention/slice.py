@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import pooled_max, pooled_mean, pooled_scale, slice_layout
+from attnseg.attention._fused import broadcast_shape, pooled_max, pooled_mean, pooled_scale, slice_layout
 from attnseg.blocks import check_spatial_dims
 
 POOLINGS = ("avg", "max", "avg+max")
@@ -71,8 +71,7 @@ def _slice_stats(x: torch.Tensor, slice_axis: int, want_max: bool) -> tuple[torc
 
 def _apply_slice_scale(x: torch.Tensor, a: torch.Tensor, slice_axis: int) -> torch.Tensor:
     """``x · a`` with ``a`` of shape ``(B, C, D)`` broadcast over the non-slice axes."""
-    b, c, pre, d, post = slice_layout(x.shape, slice_axis)
-    return (x.reshape(b, c, pre, d, post) * a.reshape(b, c, 1, d, 1)).view(x.shape)
+    return x * a.reshape(broadcast_shape(x.shape, slice_axis))
 
 
 def key_slice_mask(slice_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
