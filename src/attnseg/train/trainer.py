@@ -496,6 +496,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                  cfg["model"]["name"], n_train, n_val, epochs, iters, global_batch, device,
                  f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if amp_dtype else "")
     progress = _Progress(cfg["log"], dd.main)
+    digests: list[str] = []
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         plan.set_epoch(epoch)
@@ -558,8 +559,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         if dd.main:
             LOG.info(" ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
         last_epoch = epoch + 1 == end_epoch
+        digests = _all_digests(raw, dd) if last_epoch else []
         if (epoch + 1) % max(int(tr["checkpoint_interval"]), 1) == 0 or do_val or last_epoch:
-            digests = _all_digests(raw, dd) if last_epoch else []
             if dd.main:
                 ck = model_checkpoint(
                     cfg["model"]["name"], cfg["model"]["kwargs"], _cpu_state(raw),
@@ -574,7 +575,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                     save_checkpoint(ck, folder.path / "checkpoints" / "best.pt")
             if do_val:
                 folder.plot_curves()
-    digests = _all_digests(raw, dd)
+    if not digests:  # nothing left to train (resumed a finished run)
+        digests = _all_digests(raw, dd)
     if dd.main and len(set(digests)) > 1:
         LOG.warning("weights differ between ranks: %s", digests)
     progress.finish()
