@@ -103,3 +103,14 @@ def test_epoch_plan_ranks_partition_the_single_process_batches():
         assert b == r0 + r1 == list(range(4 * it, 4 * it + 4)), it
     single.set_epoch(5)
     assert data.epoch == 5 and len(single) == 3
+
+
+def test_split_is_portable_deterministic_and_disjoint():
+    from attnseg.train.data import split_cases
+
+    ids = [f"case{i:02d}" for i in range(10)]
+    train, val = split_cases(list(reversed(ids)), 0.2, seed=512)  # listing order does not matter
+    assert (train, val) == split_cases(ids, 0.2, seed=512)
+    assert len(val) == 2 and len(train) == 8 and not set(train) & set(val) and sorted(train + val) == ids
+    assert split_cases(ids, 0.2, seed=1) != (train, val)
+    assert split_cases(["a", "b"], 0.01, seed=0)[1] != []  # at least one validation case

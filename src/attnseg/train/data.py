@@ -16,11 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+if TYPE_CHECKING:
+    from attnseg.data.augment import AugmentConfig
+    from attnseg.data.dataset import PatchDataset
+    from attnseg.data.preprocess import PreprocessConfig
 
 
 @dataclass
@@ -33,7 +38,7 @@ class Volume:
     spacing: tuple[float, ...] | None = None
 
 
-def preprocess_config(cfg: dict[str, Any] | None):
+def preprocess_config(cfg: dict[str, Any] | None) -> PreprocessConfig:
     """``data.preprocess`` config section → :class:`attnseg.data.preprocess.PreprocessConfig`."""
     from attnseg.data.preprocess import PreprocessConfig
 
@@ -84,7 +89,7 @@ class MemoryCache:
         return self._cases[i]
 
 
-def augment_config(cfg: dict[str, Any] | str | None):
+def augment_config(cfg: dict[str, Any] | str | None) -> AugmentConfig:
     """``data.augmentation`` → :class:`attnseg.data.augment.AugmentConfig`: a dict of its fields
     (missing ones keep the data package's defaults) or the string ``"none"``."""
     from attnseg.data.augment import AugmentConfig
@@ -102,7 +107,8 @@ def augment_config(cfg: dict[str, Any] | str | None):
 
 
 def patch_dataset(cache: Any, patch_size: Sequence[int], samples_per_epoch: int, foreground_fraction: float,
-                  augmentation: dict[str, Any] | str | None, seed: int, case_indices: Sequence[int] | None = None):
+                  augmentation: dict[str, Any] | str | None, seed: int,
+                  case_indices: Sequence[int] | None = None) -> PatchDataset:
     """The data package's :class:`~attnseg.data.dataset.PatchDataset` with the training settings."""
     from attnseg.data.dataset import PatchDataset
 
