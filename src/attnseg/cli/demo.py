@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_demo(args.out, seed=args.seed, train_cases=args.train_cases, test_cases=args.test_cases,
                    resume=args.resume, overrides=args.overrides, tta=args.tta, report=not args.no_report)
     rows = []
-    for region, stats in res.summary.get("regions", {}).items():
+    for region, stats in res.summary.items():
         rows.append({"region": region, "Dice mean": stats.get("dice", {}).get("mean"),
                      "Dice median": stats.get("dice", {}).get("median"),
                      "HD95 mean": stats.get("hd95", {}).get("mean")})

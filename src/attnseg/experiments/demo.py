@@ -88,7 +88,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
              tta: bool = False, report: bool = True, log: Callable[[str], None] = _log) -> DemoResult:
     """Run the whole demo; returns where everything went and the evaluation summary."""
     from attnseg.infer.predict import load_predictor, predict_cases
-    from attnseg.metrics.evaluate import evaluate_folders
+    from attnseg.metrics.evaluate import evaluate_folders, summarize, write_outputs
     from attnseg.train import run_training
 
     out = Path(out_dir)
@@ -127,7 +127,9 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
     seconds["predict"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    summary = evaluate_folders(pred_dir, test_dir, eval_dir, regions="brats")
+    rows, info = evaluate_folders(pred_dir, test_dir, regions="brats")
+    summary = summarize(rows)
+    write_outputs(rows, summary, info, eval_dir)
     seconds["evaluate"] = time.perf_counter() - t0
 
     report_path = None
