@@ -122,8 +122,10 @@ class PooledScale(torch.autograd.Function):
         ctx.save_for_backward(x, z, *params)
         ctx.layout, ctx.bshape, ctx.fn = layout, bshape, fn
         # broadcast against x's own shape so the output (and later the input gradient) is a
-        # fresh tensor, not a view (autograd would copy a view when accumulating .grad)
-        return x * a.view(bshape)
+        # fresh tensor, not a view (autograd would copy a view when accumulating .grad); `a` is
+        # made contiguous because a permuted `a` (einsum output) would make the product's
+        # memory layout permuted too
+        return x * a.contiguous().view(bshape)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -149,7 +151,7 @@ class PooledScale(torch.autograd.Function):
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
             a = a.detach()
             # input gradient in one pass: g·a (the multiply) + dL/dz / n (the mean), fused
-            gx = torch.addcmul(gz.view(ctx.bshape), g, a.view(ctx.bshape))
+            gx = torch.addcmul(gz.contiguous().view(ctx.bshape), g, a.contiguous().view(ctx.bshape))
         out_params: list[torch.Tensor | None] = []
         it = iter(grads)
         for p, need in zip(params, ctx.needs_input_grad[4:]):
@@ -170,4 +172,4 @@ def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Te
     if use_fused(x, params):
         return PooledScale.apply(x, layout, bshape, fn, *params)
     a = fn(pooled_mean(x.reshape(layout)))
-    return x * a.view(bshape)
+    return x * a.contiguous().view(bshape)

@@ -71,7 +71,7 @@ def _slice_stats(x: torch.Tensor, slice_axis: int, want_max: bool) -> tuple[torc
 
 def _apply_slice_scale(x: torch.Tensor, a: torch.Tensor, slice_axis: int) -> torch.Tensor:
     """``x · a`` with ``a`` of shape ``(B, C, D)`` broadcast over the non-slice axes."""
-    return x * a.reshape(broadcast_shape(x.shape, slice_axis))
+    return x * a.contiguous().view(broadcast_shape(x.shape, slice_axis))
 
 
 def key_slice_mask(slice_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -187,7 +187,8 @@ class SliceAttention(nn.Module):
             # zero-width hidden layer (reference PAM flavour with D < h): only the second bias remains
             return self.fc2_bias.unsqueeze(0).expand(z.shape[0], -1, -1)
         h = F.relu(torch.einsum("bcd,ced->bce", z, self.fc1_weight) + self.fc1_bias)
-        return torch.einsum("bce,cde->bcd", h, self.fc2_weight) + self.fc2_bias
+        # einsum returns a (C, B, D)-ordered layout; make it (B, C, D)-contiguous
+        return (torch.einsum("bce,cde->bcd", h, self.fc2_weight) + self.fc2_bias).contiguous()
 
     def weights(self, zavg: torch.Tensor, zmax: torch.Tensor | None = None) -> torch.Tensor:
         """Sigmoid slice weights ``s`` ``(B, C, D)`` from per-slice mean (and max) descriptors."""
