@@ -39,8 +39,9 @@ class SitePlugins:
     ) -> None:
         at = (attention_at,) if isinstance(attention_at, str) else tuple(attention_at)
         overrides = dict(site_attention or {})
-        unsupported = [s for s in (*at, *overrides) if s not in supported]
-        if attention not in (None, "", "none") and unsupported:
+        unsupported = [s for s in at if s not in supported] if attention not in (None, "", "none") else []
+        unsupported += [s for s in overrides if s not in supported]
+        if unsupported:
             raise ValueError(f"{model} has no attention site(s) {sorted(set(unsupported))}; "
                              f"it supports {tuple(supported)}")
         self.default = AttentionPlugin(attention, attention_kwargs, [s for s in at if s not in overrides])
@@ -143,7 +144,7 @@ class SegmentationNet(nn.Module):
             return torch.sigmoid(y)
         return y
 
-    def forward(self, x: torch.Tensor):  # -> dict in training, tensor in eval
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         """``(B, in_channels, *spatial)`` → dict of logits (training) or ``out`` (eval)."""
         if self.training:
             return self._run(x, True)
