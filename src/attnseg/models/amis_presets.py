@@ -161,6 +161,7 @@ def _register(name: str, backbone: str, builder: Any) -> None:
     build.__doc__ = f"{_DESCRIPTIONS[name]} preset of the generic {backbone}; " + (
         _UNET_DOC if backbone == "unet" else _VNET_DOC)
     register_model(name, family="amis", dims=(3,), preset_of=backbone,
+                   test_kwargs={"init_features": 4, "depth": 16}, test_input=(16, 32, 32),
                    description=f"{_DESCRIPTIONS[name]}: preset of '{backbone}' at the reference defaults")(build)
 
 

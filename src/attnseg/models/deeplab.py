@@ -140,6 +140,17 @@ class DeepLabV3Plus(SegmentationNet):
 
 @register_model(
     "deeplabv3plus", family="deeplab", dims=(2, 3), sites=DeepLabV3Plus.sites, aliases=("deeplab",),
+    # tiny configuration for registry-wide tests
+    test_kwargs=dict(
+        features=(4, 8, 8, 8),
+        blocks=(1, 1, 1, 1),
+        aspp_channels=8,
+        low_level_channels=4,
+        aspp_rates=(1, 2),
+        output_stride=8,
+        norm=("group", {"num_groups": 2}),
+    ),
+    test_input=(8, 8, 8),
     description="DeepLabV3+ (Chen 2018): atrous residual backbone (OS 8/16), ASPP, low-level decoder",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2, output_stride=16),
 )

@@ -185,6 +185,13 @@ def _avg_pool(x: torch.Tensor, f: int, ceil: bool) -> torch.Tensor:
 
 @register_model(
     "deepmedic", family="deepmedic", dims=(2, 3), sites=DeepMedic.sites,
+    # tiny configuration for registry-wide tests
+    test_kwargs=dict(
+        features=(4, 4, 6, 6),
+        fc_features=(8,),
+        residual_at=(4,),
+    ),
+    test_input=(9, 9, 9),
     description="DeepMedic (Kamnitsas 2017): normal + subsampled context pathways, 1x1 fusion; valid or same mode",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2, mode="same"),
 )

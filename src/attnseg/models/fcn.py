@@ -96,6 +96,14 @@ class FCN(SegmentationNet):
 
 @register_model(
     "fcn", family="fcn", dims=(2, 3), sites=FCN.sites,
+    # tiny configuration for registry-wide tests
+    test_kwargs=dict(
+        features=(4, 8, 8),
+        blocks=(1, 1, 1),
+        strides=(2, 2, 2),
+        norm=("group", {"num_groups": 2}),
+    ),
+    test_input=(8, 8, 8),
     description="FCN (Long 2015) 8s/16s/32s score fusion on a residual backbone",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2, variant="8s"),
 )

@@ -116,6 +116,17 @@ class HDenseUNet(SegmentationNet):
 
 @register_model(
     "hdenseunet", family="denseunet", dims=(3,), sites=HDenseUNet.sites,
+    # tiny configuration for registry-wide tests
+    test_kwargs=dict(
+        stem_channels_2d=8,
+        growth_2d=4,
+        blocks_2d=(1, 1),
+        stem_channels_3d=8,
+        growth_3d=4,
+        blocks_3d=(1,),
+        fusion_channels=4,
+    ),
+    test_input=(8, 8, 8),
     description="H-DenseUNet (Li 2018): 2D DenseUNet on slices + 3D DenseUNet + hybrid feature fusion (3D only)",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2),
 )

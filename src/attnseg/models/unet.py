@@ -163,6 +163,8 @@ class UNet(SegmentationNet):
 
 @register_model(
     "unet", family="unet", dims=(2, 3), sites=UNet.sites,
+    test_kwargs=dict(features=(4, 8, 8)),  # tiny configuration for registry-wide tests
+    test_input=(8, 8, 8),
     description="U-Net (Ronneberger 2015 / Çiçek 2016): configurable levels, widths, upsampling, deep supervision",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2, features=(16, 32, 64, 128, 256)),
 )
