@@ -6,8 +6,10 @@ network (registered ``unet``, 4 → 4 channels, features given by ``--features``
 
 * ``monai``: ``monai.inferers.sliding_window_inference(x, roi, sw_batch, net, overlap,
   mode="gaussian")`` with the plain model (MONAI's default settings otherwise);
-* ``attnseg``: ``SlidingWindowInferer(roi, overlap, sw_batch, "gaussian", channels_last=True)``
-  with ``enable_cpu_fastpaths()`` and ``prepare_model(net)``, fp32;
+* ``attnseg``: ``SlidingWindowInferer(roi, overlap, sw_batch, "gaussian")`` with
+  ``enable_cpu_fastpaths()`` and ``prepare_model(net, channels_last=False)``, fp32 (what
+  ``attnseg predict`` does);
+* ``attnseg-nomalloc``: the same without the glibc malloc tuning;
 * ``attnseg-bf16``: the same with ``precision="bf16"``.
 
 Columns: wall time of the whole prediction, time outside the network (wall − time spent in
@@ -69,9 +71,9 @@ def _child(a: argparse.Namespace) -> None:
 
         if not a.no_malloc:
             enable_cpu_fastpaths()
-        prepare_model(net, 3)
+        prepare_model(net, 3, channels_last=False)  # as attnseg predict does
         inferer = SlidingWindowInferer(roi, overlap=a.overlap, sw_batch_size=a.sw_batch, blend="gaussian",
-                                       precision="bf16" if a.impl.endswith("bf16") else "fp32", channels_last=True)
+                                       precision="bf16" if a.impl.endswith("bf16") else "fp32")
 
         def run():
             return inferer(x, timed(net))

@@ -201,3 +201,27 @@ def test_onednn_conv_gradients_match():
 def test_tune_malloc_is_harmless():
     assert tune_malloc() in (True, False)
     assert torch.ones(1 << 22).sum().item() == float(1 << 22)
+
+
+def test_fast_instance_norm_is_accurate_on_large_channels_last_maps():
+    # PyTorch's channels-last group-norm kernel is off by ~1e-4 here; the fast path must not be
+    torch.manual_seed(4)
+    norm = nn.InstanceNorm3d(4, affine=True).eval()
+    nn.init.normal_(norm.weight)
+    x = torch.randn(1, 4, 64, 64, 64) * 3 + 1
+    with torch.no_grad():
+        ref = torch.nn.functional.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double())
+        out = prepare_model(norm, 3)(prepare_input(x))
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_inplace_activations_only_after_fresh_outputs():
+    seq = nn.Sequential(nn.LeakyReLU(), nn.Conv3d(1, 2, 1), nn.LeakyReLU(), nn.Dropout(), nn.ReLU()).eval()
+    prepare_model(seq, 3)
+    # first act sees the caller's tensor, last one follows a pass-through dropout: both untouched
+    assert [getattr(m, "inplace", None) for m in seq] == [False, None, True, False, False]
+    x = torch.randn(1, 1, 3, 3, 3)
+    x0 = x.clone()
+    seq(x)
+    assert torch.equal(x, x0)

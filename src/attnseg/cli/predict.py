@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--reference-postprocess", action="store_true",
                     help="PANet reference rules: components < 10 voxels, ET < 300 voxels")
     p.add_argument("--no-fastpath", action="store_true", help="disable the CPU fast paths")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc malloc as is: lower peak memory, more kernel time (CPU)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     roi = None if args.roi is None else (args.roi[0] if len(args.roi) == 1 else tuple(args.roi))
     predictor = load_predictor(args.checkpoint, arch=args.arch, source=args.source, device=args.device,
                                roi_size=roi, overlap=args.overlap, sw_batch_size=args.sw_batch, tta=args.tta,
-                               precision=args.precision, blend=args.blend, fastpath=not args.no_fastpath)
+                               precision=args.precision, blend=args.blend, fastpath=not args.no_fastpath,
+                               malloc_tuning=not args.no_malloc_tuning)
     pp = predictor.postprocess
     if args.reference_postprocess:
         pp = PostprocessConfig.reference()
