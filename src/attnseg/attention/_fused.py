@@ -12,8 +12,8 @@ gradient (the broadcast of ``dL/dz``) and adds them, i.e. several extra passes o
 memory. :class:`PooledScale` does the backward in two passes: one blocked dot product
 ``dL/da = Σ g·x`` (the product is formed block by block in cache, never full-size) and one
 fused ``addcmul`` that writes ``g·a + dL/dz / n`` straight into the input gradient.
-``f`` is re-run on the tiny ``z`` inside the backward to get ``dL/dz`` and the parameter
-gradients, so nothing full-size is saved apart from ``x``
+The tiny network's graph (recorded on ``z`` in the forward) gives ``dL/dz`` and the
+parameter gradients, so nothing full-size is saved apart from ``x``
 itself (which any multiply must keep anyway).
 
 ``x`` is handled as the 5-D view ``(B, C, pre, D, post)``: ``D`` is the axis that is not
@@ -118,9 +118,14 @@ class PooledScale(torch.autograd.Function):
                 fn: Callable[[torch.Tensor], torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
         b, c, pre, d, post = layout
         z = pooled_mean(x.reshape(b, c, pre, d, post))
-        a = fn(z)
+        # the tiny network is recorded here (tiny tensors only) so the backward does not
+        # have to run it again
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_()
+            a = fn(zz)
         ctx.save_for_backward(x, z, *params)
-        ctx.layout, ctx.bshape, ctx.fn = layout, bshape, fn
+        ctx.layout, ctx.bshape, ctx.fn, ctx.graph = layout, bshape, fn, (zz, a)
+        a = a.detach()
         # broadcast against x's own shape so the output (and later the input gradient) is a
         # fresh tensor, not a view (autograd would copy a view when accumulating .grad); `a` is
         # made contiguous because a permuted `a` (einsum output) would make the product's
@@ -141,8 +146,11 @@ class PooledScale(torch.autograd.Function):
         want_x = ctx.needs_input_grad[0]
         grad_params = [p for p, need in zip(params, ctx.needs_input_grad[4:]) if need]
         with torch.enable_grad():
-            zz = z.detach().requires_grad_(want_x)
-            a = ctx.fn(zz)
+            if ctx.graph is not None:  # the graph recorded in forward, used once
+                (zz, a), ctx.graph = ctx.graph, None
+            else:  # a second backward through a retained graph: record it again
+                zz = z.detach().requires_grad_()
+                a = ctx.fn(zz)
             inputs = ([zz] if want_x else []) + grad_params
             grads = list(torch.autograd.grad(a, inputs, ga, allow_unused=True)) if inputs else []
         gx = None
