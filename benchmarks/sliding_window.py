@@ -12,7 +12,8 @@ network (registered ``unet``, 4 → 4 channels, features given by ``--features``
 * ``attnseg-nomalloc``: the same without the glibc malloc tuning;
 * ``attnseg-bf16``: the same with ``precision="bf16"``.
 
-Columns: wall time of the whole prediction, time outside the network (wall − time spent in
+Columns: wall time of the whole prediction, CPU time (user + sys; on a shared machine the
+wall time also counts waiting for a core), time outside the network (wall − time spent in
 the network calls), kernel (sys) CPU time, peak RSS of the process (``ru_maxrss``) and its
 increase during the prediction, max |difference| to MONAI's output of the same
 configuration and, for bf16, the Dice of the argmax labels against the fp32 labels.
@@ -166,7 +167,9 @@ def main() -> None:
         for k, v in list(r.items()):
             if isinstance(v, float):
                 r[k] = round(v, 6 if k == "max_abs_diff" else 3)
-    cols = ["impl", "roi", "sw_batch", "wall_s", "speedup", "net_s", "outside_s", "sys_s", "peak_mb",
+    for r in rows:
+        r["cpu_s"] = round(r["user_s"] + r["sys_s"], 3)
+    cols = ["impl", "roi", "sw_batch", "wall_s", "speedup", "cpu_s", "net_s", "outside_s", "sys_s", "peak_mb",
             "peak_increase_mb", "max_abs_diff", "label_dice_vs_fp32"]
     import torch
 
