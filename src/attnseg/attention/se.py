@@ -65,8 +65,16 @@ class SpatialSE(nn.Module):
         super().__init__()
         self.conv = conv(check_spatial_dims(spatial_dims), channels, 1, kernel_size=1)
 
+    def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid map ``(B, 1, *spatial)``. The 1×1 convolution ``C → 1`` is computed as a
+        matrix product over the channels (same values; PyTorch's CPU convolution kernels are
+        slow for a single output channel, especially backward)."""
+        w = self.conv.weight.view(1, -1)
+        s = torch.matmul(w, x.flatten(2)) + self.conv.bias.view(1, 1, 1)
+        return torch.sigmoid(s).view(x.shape[0], 1, *x.shape[2:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.conv(x))
+        return x * self.spatial_map(x)
 
 
 class ConcurrentSE(nn.Module):
@@ -89,7 +97,11 @@ class ConcurrentSE(nn.Module):
         if self.combine == "mul":
             return self.sse(self.cse(x))
         a, b = self.cse(x), self.sse(x)
-        return torch.maximum(a, b) if self.combine == "max" else a + b
+        if self.combine == "max":
+            # max(a, b) = b + relu(a - b): same values; PyTorch's backward of maximum/where is
+            # several times slower on CPU than relu's
+            return b + torch.relu(a - b)
+        return a + b
 
 
 @register_attention("sse", family="spatial", description="Spatial squeeze-and-excitation (Roy et al. 2018)")
