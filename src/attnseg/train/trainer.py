@@ -497,6 +497,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                  f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if amp_dtype else "")
     progress = _Progress(cfg["log"], dd.main)
     digests: list[str] = []
+    budget_s = None if tr.get("max_minutes") is None else float(tr["max_minutes"]) * 60.0
+    t_start = time.perf_counter()
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         plan.set_epoch(epoch)
@@ -541,7 +543,14 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": schedule.get_last_lr()[0]}
         for k, v in _reduce_mean(sums, iters, dd).items():
             row["train_loss" if k == "loss" else f"train_loss_{k}"] = v
-        do_val = int(vcfg["interval"]) > 0 and ((epoch + 1) % int(vcfg["interval"]) == 0 or epoch + 1 == epochs)
+        # a wall-clock budget ends the run after this epoch (validated and checkpointed like the last one)
+        out_of_time = budget_s is not None and _any_rank(time.perf_counter() - t_start >= budget_s, dd, device)
+        if out_of_time:
+            end_epoch = epoch + 1
+            if dd.main:
+                LOG.info("time budget of %.1f min used up after epoch %d", budget_s / 60, epoch + 1)
+        do_val = int(vcfg["interval"]) > 0 and ((epoch + 1) % int(vcfg["interval"]) == 0 or epoch + 1 == epochs
+                                                or out_of_time)
         improved = False
         if do_val and n_val:
             scores = _validate(raw, val_vols, cfg, device, fast, dd)
@@ -575,6 +584,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                     save_checkpoint(ck, folder.path / "checkpoints" / "best.pt")
             if do_val:
                 folder.plot_curves()
+        if out_of_time:
+            break
     if not digests:  # nothing left to train (resumed a finished run)
         digests = _all_digests(raw, dd)
     if dd.main and len(set(digests)) > 1:
@@ -585,6 +596,15 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _any_rank(flag: bool, dd: _Dist, device: torch.device) -> bool:
+    """True when ``flag`` holds on any rank (ranks must stop at the same epoch)."""
+    if dd.world <= 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
