@@ -390,7 +390,12 @@ def run_training(config: dict[str, Any], resume: str | os.PathLike | bool | None
     dd = _setup_distributed(cfg, device)
     own_group = own_group and dist.is_initialized()
     try:
-        return _run(cfg, device, dd, resume, volumes)
+        result = _run(cfg, device, dd, resume, volumes)
+        if own_group:
+            # gloo aborts a rank that tears its group down while a peer still writes the
+            # checkpoint ("terminate called without an active exception"): leave together
+            dist.barrier()
+        return result
     finally:
         if own_group:
             dist.destroy_process_group()
