@@ -8,7 +8,11 @@ of forward+backward beyond the inputs (from the profiler's allocation events), n
 * ``x*w``: the memory-bound yardstick, forward+backward of ``x * w`` with ``w`` a learnable
   per-channel weight ``(1, C, 1, …)``;
 * ``conv``: one 3×3(×3) convolution ``C → C`` (forward+backward), the cost scale of modules
-  built from convolutions.
+  built from convolutions;
+* ``own_conv``: the module's own convolution layers, each run as a standalone layer
+  (forward+backward) on a full-resolution input with its input channels, summed: what the
+  textbook form of the module spends in convolutions (attnseg applies some of them to pooled
+  or projected tensors instead, e.g. ``pe``'s first 1×1 conv and ``dual``'s query/key/value).
 
 Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
 channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as
@@ -133,6 +137,34 @@ def build(name: str, channels: int, dims: int, size: tuple[int, ...]) -> tuple[n
     return create_attention(name, channels, dims, **kw), bool(entry.tags.get("gated"))
 
 
+def own_conv_seconds(module: nn.Module, batch: int, size: tuple[int, ...], repeats: int) -> float | None:
+    """Summed median fwd+bwd time of the module's convolution layers, each standalone on a
+    full-resolution ``(batch, in_channels, *size)`` input; ``None`` if it has none."""
+    convs = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convs:
+        return None
+    total = 0.0
+    for c in convs:
+        x = torch.randn(batch, c.in_channels, *size, requires_grad=True)
+        with torch.no_grad():
+            g = torch.randn_like(c(x))
+
+        def fb(c: nn.Module = c, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+            c(x).backward(g)
+            x.grad = None
+            for p in c.parameters():
+                p.grad = None
+
+        fb()
+        ts = []
+        for _ in range(repeats):
+            t0 = _clock()
+            fb()
+            ts.append(_clock() - t0)
+        total += statistics.median(ts)
+    return total
+
+
 def module_table(names: list[str], repeats: int) -> None:
     for label, (b, c, size) in SIZES.items():
         dims = len(size)
@@ -151,12 +183,17 @@ def module_table(names: list[str], repeats: int) -> None:
             # fwd+bwd relative to one 3x3 conv measured in the same run (a conv-sized cost is not
             # comparable through the tiny yardstick: cache and page-fault effects differ)
             r["vs_conv"] = r["fwdbwd_s"] / conv_r["fwdbwd_s"]
+            own = own_conv_seconds(m, b, size, repeats)
+            r["own_conv_s"] = "-" if own is None else own
+            r["vs_own_conv"] = "-" if own is None else r["fwdbwd_s"] / own
             rows.append({"module": name, **r})
             print(f"  {label} {name}: fwd+bwd {r['fwdbwd_s'] * 1e3:.1f} ms ({r['fwdbwd_x']:.2f}x yardstick)",
                   file=sys.stderr)
-        print_table(rows, ["module", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x", "vs_conv"],
+        print_table(rows, ["module", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x", "vs_conv",
+                           "own_conv_s", "vs_own_conv"],
                     title=f"{label} {b}x{c}x{'x'.join(map(str, size))}: times in s, peak MB beyond inputs; "
-                          f"_x = ratio to x*w (measured alternately), vs_conv = fwd+bwd ratio to one 3x3 conv")
+                          f"_x = ratio to x*w (measured alternately), vs_conv = fwd+bwd ratio to one 3x3 conv, "
+                          f"vs_own_conv = fwd+bwd ratio to the module's own conv layers at full resolution")
 
 
 # ----------------------------------------------------------------------------------------

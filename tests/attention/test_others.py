@@ -57,19 +57,23 @@ def test_splat_weights_sum_to_one_and_output_formula():
     torch.testing.assert_close(m(x), (splits * w[..., None, None]).sum(1))
 
 
-@pytest.mark.parametrize("max_tokens", [None, 12])
-def test_dual_position_and_channel_formulas(max_tokens):
+@pytest.mark.parametrize("max_tokens,pool_queries", [(None, True), (12, False), (12, True)])
+def test_dual_position_and_channel_formulas(max_tokens, pool_queries):
     torch.manual_seed(4)
-    m = create_attention("dual", 8, 3, reduction=4, max_tokens=max_tokens)
+    m = create_attention("dual", 8, 3, reduction=4, max_tokens=max_tokens, pool_queries=pool_queries)
     with torch.no_grad():
         m.position.gamma.fill_(0.7)
         m.channel.gamma.fill_(-0.3)
     x = torch.randn(2, 8, 3, 4, 5)
     kv = x if max_tokens is None else F.avg_pool3d(x, 2, 2, ceil_mode=True)  # 60 → 2·2·3 = 12 tokens
-    q = m.position.query(x).flatten(2)
+    qx = kv if pool_queries else x
+    q = m.position.query(qx).flatten(2)
     k, v = m.position.key(kv).flatten(2), m.position.value(kv).flatten(2)
-    attn = torch.softmax(q.transpose(1, 2) @ k, -1)  # (B, N, M)
-    pos = x + 0.7 * (v @ attn.transpose(1, 2)).view_as(x)
+    attn = torch.softmax(q.transpose(1, 2) @ k, -1)  # (B, Nq, M)
+    pos = (v @ attn.transpose(1, 2)).view(*qx.shape)
+    if pos.shape != x.shape:  # pooled queries: the attention output is interpolated back
+        pos = F.interpolate(pos, size=x.shape[2:], mode="trilinear", align_corners=False)
+    pos = x + 0.7 * pos
     f = x.flatten(2)
     e = f @ f.transpose(1, 2)
     ch = x + -0.3 * (torch.softmax(e.amax(-1, keepdim=True) - e, -1) @ f).view_as(x)

@@ -49,3 +49,36 @@ def test_eca_formula_and_kernel_size():
     x = torch.randn(2, 16, 3, 4, 5)
     w = torch.sigmoid(m.conv(x.mean((2, 3, 4)).unsqueeze(1))).squeeze(1)
     torch.testing.assert_close(m(x), x * w.view(2, 16, 1, 1, 1))
+
+
+def _plain_se(m, x):
+    """The textbook sSE / scSE with plain autograd (what the fused node must equal)."""
+    sse = m.sse if hasattr(m, "sse") else m
+    b = x * torch.sigmoid(sse.conv(x))
+    if not hasattr(m, "sse"):
+        return b
+    a = x * torch.sigmoid(m.cse.mlp(x.flatten(2).mean(-1))).view(*x.shape[:2], *[1] * (x.dim() - 2))
+    return b + torch.relu(a - b) if m.combine == "max" else a + b
+
+
+@pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {}, 3), ("scse", {}, 2),
+                                          ("scse", {"combine": "add"}, 3), ("scse", {"combine": "add"}, 2)])
+def test_fused_se_backward_equals_plain_autograd(name, kw, dims):
+    torch.manual_seed(7)
+    m = create_attention(name, 6, dims, **kw).double()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, 6, *(5, 4, 3)[:dims], dtype=torch.double, requires_grad=True)
+    g = torch.randn_like(x)
+    y = m(x)
+    y.backward(g)
+    fused = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad()
+    ref = _plain_se(m, x)
+    torch.testing.assert_close(y, ref)
+    ref.backward(g)
+    for a, b in zip(fused, [x.grad] + [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b)
+    # and the input gradient against finite differences
+    assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))

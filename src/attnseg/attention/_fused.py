@@ -184,3 +184,93 @@ def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Te
         return PooledScale.apply(x, layout, bshape, fn, *params)
     a = fn(pooled_mean(x.reshape(layout)))
     return x * a.contiguous().view(bshape)
+
+
+class SpatialChannelScale(torch.autograd.Function):
+    """Spatial SE (``y = x · σ(w·x + b)``, ``w·x`` the 1×1 conv ``C → 1``) and scSE (the same
+    plus channel SE ``x · f(mean x)``, combined by ``add`` or ``max``) with a lean backward.
+
+    ``apply(x, combine, fn, w, b, *params)``: ``combine`` is ``"none"`` (spatial SE only),
+    ``"add"`` or ``"max"``; ``fn`` maps the channel means ``(B, C, 1)`` to channel weights
+    ``(B, C, 1)`` using ``params`` (``None`` for ``"none"``); ``w`` ``(C,)``, ``b`` ``(1,)``.
+    Saves only ``x``, the ``(B, 1, N)`` spatial map and, for ``max``, a boolean mask. For
+    ``max`` ties go to the spatial branch (as ``b + relu(a - b)``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, combine: str, fn: Callable[[torch.Tensor], torch.Tensor] | None,
+                w: torch.Tensor, b: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        bsz, c = x.shape[:2]
+        x3 = x.reshape(bsz, c, -1)
+        # (B, 1, C) @ (B, C, N) as bmm on x's own layout (matmul would copy x transposed)
+        ss = torch.sigmoid(torch.bmm(w.view(1, 1, c).expand(bsz, 1, c), x3) + b.view(1, 1, 1))  # (B, 1, N)
+        ctx.combine, ctx.fn, ctx.graph, ctx.shape = combine, fn, None, x.shape
+        mask = None
+        if combine == "none":
+            y = x3 * ss
+            z = None
+        else:
+            z = x3.mean(-1, keepdim=True)  # (B, C, 1)
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_()
+                sc_g = fn(zz)
+            ctx.graph = (zz, sc_g)
+            sc = sc_g.detach()
+            y = x3 * sc
+            if combine == "add":
+                y.addcmul_(x3, ss)
+            else:
+                spatial = x3 * ss
+                mask = y > spatial  # the channel branch wins
+                torch.maximum(y, spatial, out=y)
+        ctx.save_for_backward(x, ss, mask, z, w, *params)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, ss, mask, z, w, *params = ctx.saved_tensors
+        bsz, c = x.shape[:2]
+        x3, g3 = x.reshape(bsz, c, -1), g.reshape(bsz, c, -1)
+        combine = ctx.combine
+        sc = None
+        if combine != "none":
+            zz, sc_g = ctx.graph if ctx.graph is not None else (None, None)
+            if zz is None:  # a second backward through a retained graph: record it again
+                with torch.enable_grad():
+                    zz = z.detach().requires_grad_()
+                    sc_g = ctx.fn(zz)
+            ctx.graph = None
+            sc = sc_g.detach()
+        # g_c / g_s: the parts of the output gradient that flow through the channel / spatial branch
+        if combine == "none":
+            g_s, g_c = g3, None
+        elif combine == "add":
+            g_s = g_c = g3
+        else:
+            g_c = g3 * mask
+            g_s = g3 - g_c
+        u = (g_s * x3).sum(1, keepdim=True)  # dL/dss (B, 1, N)
+        u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
+        gx = g_s * ss
+        if g_c is not None:
+            if combine == "add":
+                gx.addcmul_(g_c, sc)
+            else:
+                gx.add_(g_c * sc)
+        gx.addcmul_(w.view(1, c, 1), u)  # rank-1: through the 1×1 conv's input
+        grads_c: list[torch.Tensor | None] = []
+        if g_c is not None:
+            gsc = _blocked_dot(g_c.reshape(bsz * c, 1, -1), x3.reshape(bsz * c, 1, -1)).view(bsz, c, 1)
+            with torch.enable_grad():
+                inputs = [zz] + [p for p in params if p.requires_grad]
+                grads_c = list(torch.autograd.grad(sc_g, inputs, gsc, allow_unused=True))
+            gz = grads_c.pop(0)
+            if gz is not None:
+                gx.add_(gz / float(x3.shape[-1]))  # through the mean
+        gw = torch.bmm(x3, u.transpose(1, 2)).sum(0).view_as(w)
+        gb = u.sum().view(1)
+        it = iter(grads_c)
+        out_params = [(next(it) if p.requires_grad else None) for p in params]
+        out_params = [torch.zeros_like(p) if (gp is None and p.requires_grad) else gp
+                      for p, gp in zip(params, out_params)]
+        return (gx.view(ctx.shape), None, None, gw, gb, *out_params)

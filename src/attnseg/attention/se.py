@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import pooled_scale
+from attnseg.attention._fused import SpatialChannelScale, pooled_scale, use_fused
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -69,11 +69,16 @@ class SpatialSE(nn.Module):
         """Sigmoid map ``(B, 1, *spatial)``. The 1×1 convolution ``C → 1`` is computed as a
         matrix product over the channels (same values; PyTorch's CPU convolution kernels are
         slow for a single output channel, especially backward)."""
-        w = self.conv.weight.view(1, -1)
-        s = torch.matmul(w, x.flatten(2)) + self.conv.bias.view(1, 1, 1)
+        # (B, 1, C) @ (B, C, N): a batched product over x's own layout (a 2-D weight would make
+        # matmul fold x into a transposed (B·N, C) copy)
+        w = self.conv.weight.view(1, 1, -1).expand(x.shape[0], 1, -1)
+        s = torch.bmm(w, x.flatten(2)) + self.conv.bias.view(1, 1, 1)
         return torch.sigmoid(s).view(x.shape[0], 1, *x.shape[2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.conv.weight.view(-1), self.conv.bias
+        if use_fused(x, (w, b)):  # lean backward (attnseg.attention._fused); same values
+            return SpatialChannelScale.apply(x, "none", None, w, b)
         return x * self.spatial_map(x)
 
 
@@ -96,6 +101,16 @@ class ConcurrentSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.combine == "mul":
             return self.sse(self.cse(x))
+        w, b = self.sse.conv.weight.view(-1), self.sse.conv.bias
+        params = list(self.cse.parameters())
+        if self.cse.pooling == "avg" and use_fused(x, [w, b, *params]):
+            # both branches and the combination in one autograd node (attnseg.attention._fused)
+            return SpatialChannelScale.apply(x, self.combine, self.cse._avg_scale, w, b, *params)
+        if not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            # inference: two full-size products combined in place (same values)
+            y = self.cse(x)
+            spatial = x * self.sse.spatial_map(x)
+            return torch.maximum(y, spatial, out=y) if self.combine == "max" else y.add_(spatial)
         a, b = self.cse(x), self.sse(x)
         if self.combine == "max":
             # max(a, b) = b + relu(a - b): same values; PyTorch's backward of maximum/where is
