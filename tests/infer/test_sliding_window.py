@@ -119,8 +119,26 @@ def test_streaming_calls_predictor_per_window_batch():
         sizes.append(w.shape[0])
         return w
 
-    SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2)(torch.zeros(1, 1, 16, 16, 16), pred)
+    SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2, split_cpu_batches=False)(torch.zeros(1, 1, 16, 16, 16), pred)
     assert sum(sizes) == 27 and max(sizes) == 2 and len(sizes) == 14
+
+
+def test_cpu_window_batches_run_one_window_at_a_time_with_equal_outputs():
+    net = _net(3)
+    x = torch.randn(2, 2, 20, 17, 9)
+    sizes = []
+
+    def pred(w):
+        sizes.append(w.shape[0])
+        return net(w)
+
+    split = SlidingWindowInferer((8, 6, 12), overlap=0.5, sw_batch_size=3)(x, pred)
+    assert sizes and set(sizes) == {1}  # CPU default: one window per network call
+    n_windows = len(sizes)
+    sizes.clear()
+    whole = SlidingWindowInferer((8, 6, 12), overlap=0.5, sw_batch_size=3, split_cpu_batches=False)(x, pred)
+    assert max(sizes) == 3 and sum(sizes) == n_windows
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=0)
 
 
 def test_streaming_keeps_at_most_one_window_output_alive():
@@ -135,7 +153,7 @@ def test_streaming_keeps_at_most_one_window_output_alive():
         return y
 
     x = torch.randn(1, 1, 20, 20, 20)
-    out = SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2)(x, pred)
+    out = SlidingWindowInferer(8, overlap=0.5, sw_batch_size=2, split_cpu_batches=False)(x, pred)
     assert torch.allclose(out, 2 * x, atol=1e-5)
     assert len(alive) == 32 and max(alive) <= 1  # earlier outputs are released as soon as they are added
 
