@@ -105,6 +105,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's choice)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown here")
     p.add_argument("--jsonl", type=Path, default=None, help="append each finished row to this JSON-lines file")
+    p.add_argument("--force-bf16", action="store_true", help="run bf16 rows even where bf16 is emulated")
     # child mode
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -124,6 +125,13 @@ def main() -> None:
     from attnseg.report.table import markdown_table, print_table
 
     impls = [s.strip() for s in a.impls.split(",") if s.strip()]
+    from attnseg.infer.fastpath import onednn_bf16_supported
+
+    if any(i.endswith("bf16") for i in impls) and not onednn_bf16_supported() and not a.force_bf16:
+        # emulated bf16 convolutions run at ~0.1 GFLOP/s: hours for the full volume
+        impls = [i for i in impls if not i.endswith("bf16")]
+        print("note: this CPU has no native oneDNN bf16 (AVX-512 BF16/AMX); the bf16 rows are skipped "
+              "(--force-bf16 runs them anyway)", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for roi in a.rois:

@@ -82,11 +82,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds over the modes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--force-bf16", action="store_true", help="run fast-bf16 even where bf16 is emulated")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.size, args.repeats, args.threads)))
         return
+    from attnseg.infer.fastpath import onednn_bf16_supported
+
+    if "fast-bf16" in args.modes and not onednn_bf16_supported() and not args.force_bf16:
+        # emulated bf16 convolutions run at ~0.1 GFLOP/s: one step would take an hour
+        args.modes = [m for m in args.modes if m != "fast-bf16"]
+        print("note: this CPU has no native oneDNN bf16 (AVX-512 BF16/AMX); fast-bf16 is skipped "
+              "(--force-bf16 runs it anyway)", flush=True)
     times: dict[str, list[float]] = {m: [] for m in args.modes}
     native = None
     for _ in range(args.rounds):
