@@ -140,7 +140,8 @@ def build(name: str, channels: int, dims: int, size: tuple[int, ...]) -> tuple[n
 def own_conv_seconds(module: nn.Module, batch: int, size: tuple[int, ...], repeats: int) -> float | None:
     """Summed median fwd+bwd time of the module's convolution layers, each standalone on a
     full-resolution ``(batch, in_channels, *size)`` input; ``None`` if it has none."""
-    convs = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    # convolutions over the image axes only (1-D convs over pooled descriptors, e.g. ECA's, are tiny)
+    convs = [m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd) and len(m.kernel_size) == len(size)]
     if not convs:
         return None
     total = 0.0
