@@ -62,7 +62,11 @@ def measure_one(name: str, size: int, repeat: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(name)
+    from attnseg.models import MODELS
+
+    # AMIS presets bind slice attention to a slice count (reference: 144); bind it to this input
+    kwargs = {"depth": size} if MODELS.get(name).tags.get("preset_of") else {}
+    model = create_model(name, **kwargs)
     shape = input_shape(name, size)
     x = torch.randn(shape)
 
