@@ -59,16 +59,23 @@ def test_torchrun_relaunch_command_for_gpu_ids():
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_")),
                          ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_configs_resolve_and_name_registered_models(path):
+    from attnseg.experiments.ablate import Cell, cell_config
     from attnseg.models import get_model_entry
     from attnseg.train.data import augment_config, preprocess_config
     from attnseg.train.losses import build_training_loss
 
-    cfg = resolve_config(load_yaml(path))
-    get_model_entry(cfg["model"]["name"])  # raises KeyError for unknown models
-    build_training_loss(cfg["loss"], cfg["task"]["kind"])
-    augment_config(cfg["data"]["augmentation"])  # every field known to the data pipeline
-    preprocess_config(cfg["data"]["preprocess"])
-    assert cfg["validation"]["roi_size"] and cfg["name"] != "run"
+    raw = load_yaml(path)
+    if "ablate" in raw:  # an ablation config: every backbone's cell config must resolve
+        raws = [cell_config(raw, Cell(bb, "none", 0), Path("out"), None) for bb in raw["ablate"]["backbone_kwargs"]]
+    else:
+        raws = [raw]
+    for one in raws:
+        cfg = resolve_config(one)
+        get_model_entry(cfg["model"]["name"])  # raises KeyError for unknown models
+        build_training_loss(cfg["loss"], cfg["task"]["kind"])
+        augment_config(cfg["data"]["augmentation"])  # every field known to the data pipeline
+        preprocess_config(cfg["data"]["preprocess"])
+        assert cfg["validation"]["roi_size"] and cfg["name"] != "run"
 
 
 def test_panet_brats_config_is_the_reference_adam_cfg():
