@@ -105,13 +105,21 @@ def main() -> None:
             res = json.loads(out.strip().splitlines()[-1])
             times[mode] += res["times"]
             native = res["native_bf16"] if res["native_bf16"] is not None else native
-    base = statistics.median(times[args.modes[0]])
-    rows = [{"mode": m, "median s/step": f"{statistics.median(t):.3f}", "min s": f"{min(t):.3f}",
-             f"speed-up vs {args.modes[0]}": f"{base / statistics.median(t):.2f}x", "steps": len(t)}
-            for m, t in times.items()]
+    base_times = times[args.modes[0]]
+    base = statistics.median(base_times)
+    rows = []
+    for m, t in times.items():
+        # step i of the reference mode over step i of this mode (same round, same position)
+        ratios = [b / x for b, x in zip(base_times, t)]
+        rows.append({"mode": m, "median s/step": f"{statistics.median(t):.3f}", "min s": f"{min(t):.3f}",
+                     f"speed-up vs {args.modes[0]}": f"{base / statistics.median(t):.2f}x",
+                     "paired min/median/max": " / ".join(f"{r:.2f}" for r in
+                                                          (min(ratios), statistics.median(ratios), max(ratios))),
+                     "steps": len(t)})
     from attnseg.report.table import print_table
 
-    print_table(rows, ["mode", "median s/step", "min s", f"speed-up vs {args.modes[0]}", "steps"],
+    print_table(rows, ["mode", "median s/step", "min s", f"speed-up vs {args.modes[0]}", "paired min/median/max",
+                       "steps"],
                 title=f"train step: {args.model}, 1x4x{args.size}^3, {args.threads} threads, "
                       f"native oneDNN bf16: {native}")
 
