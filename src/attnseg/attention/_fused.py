@@ -104,6 +104,38 @@ def _blocked_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _record_tiny(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the tiny network ``fn`` on a detached ``z`` with autograd on: ``(zz, fn(zz))``."""
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_()
+        return zz, fn(zz)
+
+
+def _take_graph(ctx, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tiny network's graph recorded in the forward (used once); recorded again for a
+    second backward through a retained graph."""
+    graph, ctx.graph = ctx.graph, None
+    return graph if graph is not None else _record_tiny(ctx.fn, z)
+
+
+def _tiny_backward(zz: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, want_z: bool,
+                   params: Sequence[torch.Tensor], needs: Sequence[bool]
+                   ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """Back-propagate ``grad_out`` through the recorded tiny network: ``(dL/dz or None, one
+    gradient per parameter)`` (zeros for an unused parameter that needs one, None otherwise)."""
+    wanted = [p for p, need in zip(params, needs) if need]
+    inputs = ([zz] if want_z else []) + wanted
+    with torch.enable_grad():
+        grads = list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True)) if inputs else []
+    gz = grads.pop(0) if want_z else None
+    it = iter(grads)
+    out_params: list[torch.Tensor | None] = []
+    for p, need in zip(params, needs):
+        gp = next(it) if need else None
+        out_params.append(torch.zeros_like(p) if need and gp is None else gp)
+    return gz, out_params
+
+
 class PooledScale(torch.autograd.Function):
     """``y = x * f(mean-pooled x)`` with a two-pass backward (see the module docstring).
 
@@ -120,9 +152,7 @@ class PooledScale(torch.autograd.Function):
         z = pooled_mean(x.reshape(b, c, pre, d, post))
         # the tiny network is recorded here (tiny tensors only) so the backward does not
         # have to run it again
-        with torch.enable_grad():
-            zz = z.detach().requires_grad_()
-            a = fn(zz)
+        zz, a = _record_tiny(fn, z)
         ctx.save_for_backward(x, z, *params)
         ctx.layout, ctx.bshape, ctx.fn, ctx.graph = layout, bshape, fn, (zz, a)
         a = a.detach()
@@ -144,18 +174,10 @@ class PooledScale(torch.autograd.Function):
         else:
             ga = _blocked_dot(g5.reshape(b * c, pre, d, post), x5.reshape(b * c, pre, d, post)).view(b, c, d)
         want_x = ctx.needs_input_grad[0]
-        grad_params = [p for p, need in zip(params, ctx.needs_input_grad[4:]) if need]
-        with torch.enable_grad():
-            if ctx.graph is not None:  # the graph recorded in forward, used once
-                (zz, a), ctx.graph = ctx.graph, None
-            else:  # a second backward through a retained graph: record it again
-                zz = z.detach().requires_grad_()
-                a = ctx.fn(zz)
-            inputs = ([zz] if want_x else []) + grad_params
-            grads = list(torch.autograd.grad(a, inputs, ga, allow_unused=True)) if inputs else []
+        zz, a = _take_graph(ctx, z)
+        gz, out_params = _tiny_backward(zz, a, ga, want_x, params, ctx.needs_input_grad[4:])
         gx = None
         if want_x:
-            gz = grads.pop(0)
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
             a = a.detach()
             # input gradient: g·a (the multiply) + dL/dz / n (the mean), the add in place.
@@ -163,14 +185,6 @@ class PooledScale(torch.autograd.Function):
             # (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
             gx = torch.mul(g, a.contiguous().view(ctx.bshape))
             gx.add_(gz.contiguous().view(ctx.bshape))
-        out_params: list[torch.Tensor | None] = []
-        it = iter(grads)
-        for p, need in zip(params, ctx.needs_input_grad[4:]):
-            if need:
-                gp = next(it)
-                out_params.append(torch.zeros_like(p) if gp is None else gp)
-            else:
-                out_params.append(None)
         return (gx, None, None, None, *out_params)
 
 
@@ -211,11 +225,8 @@ class SpatialChannelScale(torch.autograd.Function):
             z = None
         else:
             z = x3.mean(-1, keepdim=True)  # (B, C, 1)
-            with torch.enable_grad():
-                zz = z.detach().requires_grad_()
-                sc_g = fn(zz)
-            ctx.graph = (zz, sc_g)
-            sc = sc_g.detach()
+            ctx.graph = _record_tiny(fn, z)
+            sc = ctx.graph[1].detach()
             y = x3 * sc
             if combine == "add":
                 y.addcmul_(x3, ss)
@@ -232,14 +243,8 @@ class SpatialChannelScale(torch.autograd.Function):
         bsz, c = x.shape[:2]
         x3, g3 = x.reshape(bsz, c, -1), g.reshape(bsz, c, -1)
         combine = ctx.combine
-        sc = None
         if combine != "none":
-            zz, sc_g = ctx.graph if ctx.graph is not None else (None, None)
-            if zz is None:  # a second backward through a retained graph: record it again
-                with torch.enable_grad():
-                    zz = z.detach().requires_grad_()
-                    sc_g = ctx.fn(zz)
-            ctx.graph = None
+            zz, sc_g = _take_graph(ctx, z)
             sc = sc_g.detach()
         # g_c / g_s: the parts of the output gradient that flow through the channel / spatial branch
         if combine == "none":
@@ -252,25 +257,14 @@ class SpatialChannelScale(torch.autograd.Function):
         u = (g_s * x3).sum(1, keepdim=True)  # dL/dss (B, 1, N)
         u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
         gx = g_s * ss
-        if g_c is not None:
-            if combine == "add":
-                gx.addcmul_(g_c, sc)
-            else:
-                gx.add_(g_c * sc)
         gx.addcmul_(w.view(1, c, 1), u)  # rank-1: through the 1×1 conv's input
-        grads_c: list[torch.Tensor | None] = []
+        out_params: list[torch.Tensor | None] = [None] * len(params)
         if g_c is not None:
+            gx.addcmul_(g_c, sc)
             gsc = _blocked_dot(g_c.reshape(bsz * c, 1, -1), x3.reshape(bsz * c, 1, -1)).view(bsz, c, 1)
-            with torch.enable_grad():
-                inputs = [zz] + [p for p in params if p.requires_grad]
-                grads_c = list(torch.autograd.grad(sc_g, inputs, gsc, allow_unused=True))
-            gz = grads_c.pop(0)
+            gz, out_params = _tiny_backward(zz, sc_g, gsc, True, params, ctx.needs_input_grad[5:])
             if gz is not None:
                 gx.add_(gz / float(x3.shape[-1]))  # through the mean
         gw = torch.bmm(x3, u.transpose(1, 2)).sum(0).view_as(w)
         gb = u.sum().view(1)
-        it = iter(grads_c)
-        out_params = [(next(it) if p.requires_grad else None) for p in params]
-        out_params = [torch.zeros_like(p) if (gp is None and p.requires_grad) else gp
-                      for p, gp in zip(params, out_params)]
         return (gx.view(ctx.shape), None, None, gw, gb, *out_params)

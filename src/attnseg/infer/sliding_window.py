@@ -112,11 +112,12 @@ class SlidingWindowInferer:
         output: ``"logits"`` or ``"probs"`` (activation applied after blending the logits).
         activation: ``"sigmoid"`` (region models) or ``"softmax"`` (class models), for ``"probs"``.
         channels_last: gather window batches in channels-last memory format (fast oneDNN path).
-        split_cpu_batches: on CPU, run a batch of windows through the network one window at a
-            time (same outputs up to float rounding). With oneDNN convolutions (attnseg's CPU
+        split_cpu_batches: on CPU, take the windows one at a time whatever ``sw_batch_size``
+            says (same outputs up to float rounding). With oneDNN convolutions (attnseg's CPU
             fast path) a window batch buys no throughput on CPU but doubles the activation
-            memory (ROI 128³, batch 2: 48.4 vs 50.7 CPU-s for batch 1, peak +1 GB); ``None``
-            (default) splits on CPU only; ``False`` always runs whole batches.
+            memory (benchmarks/sliding_window.py, ROI 128³: 48.4 CPU-s with whole batches of 2
+            vs 50.7 at batch 1; peak 2317 MB with whole batches of 2 vs 1337-1673 MB one window
+            at a time); ``None`` (default) splits on CPU only; ``False`` never splits.
         progress: optional callback ``progress(done_windows, total_windows)``.
 
     Call: ``inferer(x, predictor)`` with ``x`` of shape (B, C, *spatial); returns (B, K, *spatial).
@@ -206,12 +207,8 @@ class SlidingWindowInferer:
             dims = [a + 2 for a in axes]
             xin = torch.flip(win, dims) if dims else win
             ctx = torch.autocast(win.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-            split = win.device.type == "cpu" if self.split_cpu_batches is None else self.split_cpu_batches
             with ctx:
-                if split and xin.shape[0] > 1:
-                    y = torch.cat([_main_output(predictor(xin[k:k + 1])) for k in range(xin.shape[0])])
-                else:
-                    y = _main_output(predictor(xin))
+                y = _main_output(predictor(xin))
             if y.shape[0] != win.shape[0] or tuple(y.shape[2:]) != tuple(win.shape[2:]):
                 raise ValueError(f"predictor output shape {tuple(y.shape)} does not match the window "
                                  f"{tuple(win.shape)} (batch and spatial sizes must be equal)")
@@ -244,8 +241,10 @@ class SlidingWindowInferer:
         fmt = (torch.channels_last_3d if nd == 3 else torch.channels_last) if self.channels_last and nd in (2, 3) \
             else torch.contiguous_format
         buf: torch.Tensor | None = None
-        for i in range(0, total, self.sw_batch_size):
-            chunk = jobs[i:i + self.sw_batch_size]
+        split = x.device.type == "cpu" if self.split_cpu_batches is None else self.split_cpu_batches
+        step = 1 if split else self.sw_batch_size  # see split_cpu_batches
+        for i in range(0, total, step):
+            chunk = jobs[i:i + step]
             if len(chunk) == 1:
                 b, sl = chunk[0]
                 win = x[(slice(b, b + 1), slice(None), *sl)]
