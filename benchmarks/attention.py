@@ -20,7 +20,10 @@ described in seed-models.md §5.3) and the straightforward vectorisation (plain 
 at 1×32×48³ and 1×128×48³.
 
 Usage: ``python benchmarks/attention.py [--quick] [--repeats N] [--threads T] [--only NAME,...]
-[--clock wall|cpu]``. Times are medians; on a shared machine compare ratios measured in the
+[--clock wall|cpu] [--malloc tuned|default]``. glibc malloc is tuned as in ``attnseg train`` unless
+``--malloc default``: with glibc's own thresholds a fresh full-size tensor is often page-faulted in
+again, kernel time that depends on the allocation history (the yardstick alone varied 1.3-9.6 ms at
+2D between processes here). Times are medians; on a shared machine compare ratios measured in the
 same run, or use ``--clock cpu`` (process CPU time, which does not count time spent
 preempted by other processes).
 """
@@ -127,9 +130,13 @@ def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, 
             "mem_x": mem / ymem, "yard_fwdbwd_s": y_fb}
 
 
-def build(name: str, channels: int, dims: int, size: tuple[int, ...]) -> tuple[nn.Module, bool]:
+# non-default settings with their own rows (label → registered name, keyword arguments)
+VARIANTS = {"scse (combine=max)": ("scse", {"combine": "max"})}
+
+
+def build(name: str, channels: int, dims: int, size: tuple[int, ...], **extra) -> tuple[nn.Module, bool]:
     entry = ATTENTION.get(name)
-    kw = {}
+    kw = dict(extra)
     if "spatial_size" in inspect.signature(entry.fn).parameters:
         kw["spatial_size"] = size
     if entry.tags.get("gated"):
@@ -176,9 +183,11 @@ def module_table(names: list[str], repeats: int) -> None:
         base = measure(yard, (x,), yard, repeats)
         conv_r = measure(conv, (x,), yard, repeats)
         rows = [{"module": "x*w (yardstick)", **base}, {"module": "conv3 C→C", **conv_r, "vs_conv": 1.0}]
-        for name in names:
+        rows_to_run = [(n, n, {}) for n in names]
+        rows_to_run += [(label, base, kw) for label, (base, kw) in VARIANTS.items() if base in names]
+        for name, base, extra in rows_to_run:
             torch.manual_seed(0)
-            m, gated = build(name, c, dims, size)
+            m, gated = build(base, c, dims, size, **extra)
             args = (x, torch.randn(b, 2 * c, *[s // 2 for s in size])) if gated else (x,)
             r = measure(m, args, yard, repeats)
             # fwd+bwd relative to one 3x3 conv measured in the same run (a conv-sized cost is not
@@ -278,9 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-modules", action="store_true", help="only the PAM comparison")
     p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                    help="wall time (default) or process CPU time (robust on a shared machine)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned (default): glibc malloc keeps freed blocks, as `attnseg train`/`predict` set it "
+                        "(attnseg.infer.fastpath.tune_malloc); default: glibc's own thresholds, under which "
+                        "every fresh full-size tensor may be page-faulted in again (kernel time that varies "
+                        "with the allocation history and hits modules and yardstick unevenly)")
     args = p.parse_args(argv)
     global _clock
     _clock = CLOCK[args.clock]
+    malloc = "default"
+    if args.malloc == "tuned":
+        from attnseg.infer.fastpath import tune_malloc
+
+        malloc = "tuned" if tune_malloc() else "default (mallopt unavailable)"
     torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     names = [e.name for e in ATTENTION.entries() if e.tags.get("plugin_test", True)]
@@ -290,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown modules {unknown}; choose from {names}")
         names = wanted
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}, {args.clock} clock")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats}, {args.clock} clock, "
+          f"malloc {malloc}")
     if not args.skip_modules:
         module_table(names, repeats)
     pam_table(repeats, (32,) if args.quick else (32, 128))

@@ -61,8 +61,8 @@ def _plain_se(m, x):
     return b + torch.relu(a - b) if m.combine == "max" else a + b
 
 
-@pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {}, 3), ("scse", {}, 2),
-                                          ("scse", {"combine": "add"}, 3), ("scse", {"combine": "add"}, 2)])
+@pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {"combine": "max"}, 3),
+                                          ("scse", {"combine": "max"}, 2), ("scse", {}, 3), ("scse", {}, 2)])
 def test_fused_se_backward_equals_plain_autograd(name, kw, dims):
     torch.manual_seed(7)
     m = create_attention(name, 6, dims, **kw).double()
@@ -81,4 +81,20 @@ def test_fused_se_backward_equals_plain_autograd(name, kw, dims):
     for a, b in zip(fused, [x.grad] + [p.grad for p in m.parameters()]):
         torch.testing.assert_close(a, b)
     # and the input gradient against finite differences
+    assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))
+
+
+def test_cse_fused_backward_equals_plain_autograd():
+    torch.manual_seed(8)
+    m = create_attention("cse", 6, 3, reduction=2).double()
+    x = torch.randn(2, 6, 5, 4, 3, dtype=torch.double, requires_grad=True)
+    g = torch.randn_like(x)
+    m(x).backward(g)
+    fused = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad()
+    w = torch.sigmoid(m.mlp(x.flatten(2).mean(-1)))
+    (x * w.view(2, 6, 1, 1, 1)).backward(g)
+    for a, b in zip(fused, [x.grad] + [p.grad for p in m.parameters()]):
+        torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))

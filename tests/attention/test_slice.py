@@ -172,11 +172,15 @@ def test_slice_axis_pools_the_other_axes(dims, axis):
     torch.testing.assert_close(y, x * s.view(shape))
 
 
-@pytest.mark.parametrize("name", ["slice", "pam", "pam-adaptive", "slice-adaptive"])
-def test_fused_backward_equals_plain_autograd(name):
+@pytest.mark.parametrize("name,extra", [("slice", {}), ("slice", {"reduction": 2}), ("pam", {}),
+                                        ("pam", {"slice_reduction": 2}), ("pam-adaptive", {}),
+                                        ("slice-adaptive", {})])
+def test_fused_backward_equals_plain_autograd(name, extra):
+    # ("pam", {}) has a zero-width slice FC (8 // 16 = 0: autograd tiny network); the others
+    # take the hand-written tiny backward (ManualTiny)
     torch.manual_seed(5)
     kw = {"spatial_size": (8, 5, 3)} if name in ("slice", "pam") else {}
-    m = create_attention(name, 4, 3, **kw).double()
+    m = create_attention(name, 4, 3, **kw, **extra).double()
     x = torch.randn(2, 4, 8, 5, 3, dtype=torch.double, requires_grad=True)
     g = torch.randn_like(x)
     m(x).backward(g)

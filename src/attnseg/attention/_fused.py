@@ -24,6 +24,7 @@ are the products of the spatial sizes before/after it, so no copy is needed for 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -79,6 +80,9 @@ def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
 # elements per block of the blocked dot product: the product temporary (1 MiB in fp32)
 # stays in cache instead of being a full-size tensor written to and read back from memory
 _BLOCK = 1 << 18
+# up to this many elements (8 MiB in fp32) the whole product stays in the last-level cache and
+# one product-and-sum is faster than blocks (0.41 vs 0.56 ms at 2x32x128x128)
+_SMALL = 1 << 21
 
 
 def _blocked_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -87,11 +91,11 @@ def _blocked_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     Computed block by block along ``N`` (a loop over memory blocks, not over channels or
     slices) so that no full-size product is materialised; batched matrix products
-    (``einsum``/``bmm``) are several times slower for these shapes on CPU. On accelerators
-    the plain product-and-sum is used.
+    (``einsum``/``bmm``) are several times slower for these shapes on CPU. On accelerators,
+    and for tensors small enough to stay in cache, the plain product-and-sum is used.
     """
     dims = (1, 3) if g.dim() == 4 else (1, 2)
-    if g.device.type != "cpu":
+    if g.device.type != "cpu" or g.numel() <= _SMALL:
         return (g * x).sum(dims)
     per_row = g[0].numel()
     rows = max(1, _BLOCK // max(per_row, 1))
@@ -136,26 +140,105 @@ def _tiny_backward(zz: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, 
     return gz, out_params
 
 
+class ManualTiny:
+    """A tiny network with a hand-written backward, for :class:`PooledScale`.
+
+    Recording the tiny network with autograd and back-propagating through it costs tens of
+    small dispatched operations (~1.5 ms for PAM's at 2×32×128×128, as much as the whole
+    full-size work); a subclass computes the same values and gradients with a handful of
+    plain tensor operations and no graph. Subclasses implement:
+
+    * ``forward(z, params) -> (a, saved)``: ``z`` ``(B, C, D)`` → ``a`` ``(B, C, D)`` (no
+      autograd; ``saved`` is whatever ``backward`` needs, tiny tensors only);
+    * ``backward(saved, ga, want_z, params) -> (dL/dz or None, [dL/dp for p in params])``.
+
+    ``params`` are the tensors given to :func:`pooled_scale` (saved by the autograd node, so
+    in-place changes between forward and backward are detected as usual).
+    """
+
+    def forward(self, z: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def backward(self, saved: Any, ga: torch.Tensor, want_z: bool, params: Sequence[torch.Tensor]
+                 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        raise NotImplementedError
+
+
+def se_mlp_forward(z: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SE excitation ``t = σ(W2·relu(W1·z + b1) + b2)`` for ``z`` ``(B, C)`` without autograd:
+    ``(t, hidden)``, both needed by :func:`se_mlp_backward`."""
+    h = torch.addmm(b1, z, w1.t()).relu_()
+    return torch.sigmoid(torch.addmm(b2, h, w2.t())), h
+
+
+def se_mlp_backward(gt: torch.Tensor, z: torch.Tensor, h: torch.Tensor, t: torch.Tensor, w1: torch.Tensor,
+                    w2: torch.Tensor, want_z: bool) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Gradients of :func:`se_mlp_forward` from ``dL/dt`` ``(B, C)``:
+    ``(dL/dz or None, [dL/dW1, dL/db1, dL/dW2, dL/db2])``."""
+    gl = torch.ops.aten.sigmoid_backward(gt, t)
+    gh = torch.ops.aten.threshold_backward(gl @ w2, h, 0)
+    gz = gh @ w1 if want_z else None
+    return gz, [gh.t() @ z, gh.sum(0), gl.t() @ h, gl.sum(0)]
+
+
+class SEMlpTiny(ManualTiny):
+    """Channel SE's tiny network on ``z`` ``(B, C, 1)`` → ``(B, C, 1)`` (params: ``fc1.weight``,
+    ``fc1.bias``, ``fc2.weight``, ``fc2.bias``) with a hand-written backward."""
+
+    def forward(self, z, params):
+        z2 = z[..., 0]
+        t, h = se_mlp_forward(z2, *params)
+        return t.unsqueeze(-1), (z2, h, t)
+
+    def backward(self, saved, ga, want_z, params):
+        z2, h, t = saved
+        gz, grads = se_mlp_backward(ga[..., 0], z2, h, t, params[0], params[2], want_z)
+        return (None if gz is None else gz.unsqueeze(-1)), grads
+
+
+def _tiny_forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor] | ManualTiny, z: torch.Tensor,
+                  params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Run the tiny network in a custom node's forward (keeping what its backward needs on
+    ``ctx``); returns its detached output."""
+    ctx.fn = fn
+    if isinstance(fn, ManualTiny):
+        with torch.no_grad():
+            a, ctx.tiny = fn.forward(z, params)
+        ctx.graph = None
+        return a
+    # recorded here (tiny tensors only) so the backward does not have to run it again
+    ctx.graph = _record_tiny(fn, z)
+    return ctx.graph[1].detach()
+
+
+def _tiny_grads(ctx, z: torch.Tensor, ga: torch.Tensor, want_z: bool, params: Sequence[torch.Tensor],
+                needs: Sequence[bool]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """``(dL/dz or None, parameter gradients)`` of the tiny network run by :func:`_tiny_forward`."""
+    if isinstance(ctx.fn, ManualTiny):
+        gz, grads = ctx.fn.backward(ctx.tiny, ga, want_z, params)
+        return gz, [gp if need else None for gp, need in zip(grads, needs)]
+    zz, a = _take_graph(ctx, z)
+    return _tiny_backward(zz, a, ga, want_z, params, needs)
+
+
 class PooledScale(torch.autograd.Function):
     """``y = x * f(mean-pooled x)`` with a two-pass backward (see the module docstring).
 
     ``apply(x, layout, bshape, f, *params)``: ``layout = (B, C, pre, D, post)`` from
     :func:`slice_layout`, ``bshape`` from :func:`broadcast_shape`; ``f`` maps ``z`` of shape
     ``(B, C, D)`` to ``a`` of the same shape using only ``params`` (module parameters) and
-    constants.
+    constants; or ``f`` is a :class:`ManualTiny` (same values, hand-written backward).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, layout: tuple[int, ...], bshape: list[int],
-                fn: Callable[[torch.Tensor], torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+                fn: Callable[[torch.Tensor], torch.Tensor] | ManualTiny, *params: torch.Tensor) -> torch.Tensor:
         b, c, pre, d, post = layout
         z = pooled_mean(x.reshape(b, c, pre, d, post))
-        # the tiny network is recorded here (tiny tensors only) so the backward does not
-        # have to run it again
-        zz, a = _record_tiny(fn, z)
-        ctx.save_for_backward(x, z, *params)
-        ctx.layout, ctx.bshape, ctx.fn, ctx.graph = layout, bshape, fn, (zz, a)
-        a = a.detach()
+        ctx.layout, ctx.bshape = layout, bshape
+        a = _tiny_forward(ctx, fn, z, params)
+        ctx.save_for_backward(x, z, a, *params)
         # broadcast against x's own shape so the output (and later the input gradient) is a
         # fresh tensor, not a view (autograd would copy a view when accumulating .grad); `a` is
         # made contiguous because a permuted `a` (einsum output) would make the product's
@@ -164,7 +247,7 @@ class PooledScale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, z, *params = ctx.saved_tensors
+        x, z, a, *params = ctx.saved_tensors
         b, c, pre, d, post = ctx.layout
         x5 = x.reshape(b, c, pre, d, post)
         g5 = g.reshape(b, c, pre, d, post)
@@ -174,12 +257,10 @@ class PooledScale(torch.autograd.Function):
         else:
             ga = _blocked_dot(g5.reshape(b * c, pre, d, post), x5.reshape(b * c, pre, d, post)).view(b, c, d)
         want_x = ctx.needs_input_grad[0]
-        zz, a = _take_graph(ctx, z)
-        gz, out_params = _tiny_backward(zz, a, ga, want_x, params, ctx.needs_input_grad[4:])
+        gz, out_params = _tiny_grads(ctx, z, ga, want_x, params, ctx.needs_input_grad[4:])
         gx = None
         if want_x:
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
-            a = a.detach()
             # input gradient: g·a (the multiply) + dL/dz / n (the mean), the add in place.
             # Not torch.addcmul(gz, g, a): with a broadcast `self` it is 4-20x slower on CPU
             # (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
@@ -189,13 +270,14 @@ class PooledScale(torch.autograd.Function):
 
 
 def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
-                 params: Sequence[torch.Tensor]) -> torch.Tensor:
+                 params: Sequence[torch.Tensor], manual: ManualTiny | None = None) -> torch.Tensor:
     """``x * fn(per-slice mean of x)`` broadcast over the pooled axes, with the lean
-    backward when a gradient is needed and plain ops otherwise (same values)."""
+    backward when a gradient is needed and plain ops otherwise (same values). ``manual``:
+    the same tiny network with a hand-written backward, used in training instead of ``fn``."""
     layout = slice_layout(x.shape, slice_axis)
     bshape = broadcast_shape(x.shape, slice_axis)
     if use_fused(x, params):
-        return PooledScale.apply(x, layout, bshape, fn, *params)
+        return PooledScale.apply(x, layout, bshape, fn if manual is None else manual, *params)
     a = fn(pooled_mean(x.reshape(layout)))
     return x * a.contiguous().view(bshape)
 
@@ -206,9 +288,14 @@ class SpatialChannelScale(torch.autograd.Function):
 
     ``apply(x, combine, fn, w, b, *params)``: ``combine`` is ``"none"`` (spatial SE only),
     ``"add"`` or ``"max"``; ``fn`` maps the channel means ``(B, C, 1)`` to channel weights
-    ``(B, C, 1)`` using ``params`` (``None`` for ``"none"``); ``w`` ``(C,)``, ``b`` ``(1,)``.
-    Saves only ``x``, the ``(B, 1, N)`` spatial map and, for ``max``, a boolean mask. For
-    ``max`` ties go to the spatial branch (as ``b + relu(a - b)``).
+    ``(B, C, 1)`` using ``params`` (a callable or a :class:`ManualTiny`; ``None`` for
+    ``"none"``); ``w`` ``(C,)``, ``b`` ``(1,)``.
+    Saves ``x``, the ``(B, 1, N)`` spatial map and, for ``max``, where the channel branch won
+    as a float 0/1 tensor (boolean masks take 2-10x longer to make and to apply on CPU than
+    float ones). For ``max`` ties go to the spatial branch (as ``b + relu(a - b)``).
+
+    The backward forms the product ``g·x`` once and reduces it twice (over the voxels for the
+    channel branch, over the channels for the spatial branch).
     """
 
     @staticmethod
@@ -218,51 +305,52 @@ class SpatialChannelScale(torch.autograd.Function):
         x3 = x.reshape(bsz, c, -1)
         # (B, 1, C) @ (B, C, N) as bmm on x's own layout (matmul would copy x transposed)
         ss = torch.sigmoid(torch.bmm(w.view(1, 1, c).expand(bsz, 1, c), x3) + b.view(1, 1, 1))  # (B, 1, N)
-        ctx.combine, ctx.fn, ctx.graph, ctx.shape = combine, fn, None, x.shape
-        mask = None
+        ctx.combine, ctx.shape = combine, x.shape
+        mask = sc = None
         if combine == "none":
             y = x3 * ss
             z = None
         else:
             z = x3.mean(-1, keepdim=True)  # (B, C, 1)
-            ctx.graph = _record_tiny(fn, z)
-            sc = ctx.graph[1].detach()
+            sc = _tiny_forward(ctx, fn, z, params)
             y = x3 * sc
             if combine == "add":
                 y.addcmul_(x3, ss)
             else:
                 spatial = x3 * ss
-                mask = y > spatial  # the channel branch wins
+                mask = torch.gt(y, spatial, out=torch.empty_like(y))  # 1 where the channel branch wins
                 torch.maximum(y, spatial, out=y)
-        ctx.save_for_backward(x, ss, mask, z, w, *params)
+        ctx.save_for_backward(x, ss, mask, z, sc, w, *params)
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, ss, mask, z, w, *params = ctx.saved_tensors
+        x, ss, mask, z, sc, w, *params = ctx.saved_tensors
         bsz, c = x.shape[:2]
         x3, g3 = x.reshape(bsz, c, -1), g.reshape(bsz, c, -1)
         combine = ctx.combine
-        if combine != "none":
-            zz, sc_g = _take_graph(ctx, z)
-            sc = sc_g.detach()
-        # g_c / g_s: the parts of the output gradient that flow through the channel / spatial branch
-        if combine == "none":
-            g_s, g_c = g3, None
-        elif combine == "add":
-            g_s = g_c = g3
-        else:
-            g_c = g3 * mask
-            g_s = g3 - g_c
-        u = (g_s * x3).sum(1, keepdim=True)  # dL/dss (B, 1, N)
-        u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
-        gx = g_s * ss
-        gx.addcmul_(w.view(1, c, 1), u)  # rank-1: through the 1×1 conv's input
+        q = g3 * x3
+        u = q.sum(1, keepdim=True)  # dL/dss (B, 1, N) (add / none)
+        gx = g3 * ss
         out_params: list[torch.Tensor | None] = [None] * len(params)
-        if g_c is not None:
-            gx.addcmul_(g_c, sc)
-            gsc = _blocked_dot(g_c.reshape(bsz * c, 1, -1), x3.reshape(bsz * c, 1, -1)).view(bsz, c, 1)
-            gz, out_params = _tiny_backward(zz, sc_g, gsc, True, params, ctx.needs_input_grad[5:])
+        gsc = None
+        if combine != "none":
+            if combine == "add":
+                gsc = q.sum(2, keepdim=True)
+                gx.addcmul_(g3, sc)
+            else:
+                gm = g3 * mask  # the output gradient where the channel branch won
+                qc = torch.mul(gm, x3, out=q)  # q is no longer needed
+                gsc = qc.sum(2, keepdim=True)
+                u.sub_(qc.sum(1, keepdim=True))
+                # g·(chosen gate) = g·ss + gm·(sc - ss)
+                gx.addcmul_(gm, sc)
+                gx.addcmul_(gm, ss, value=-1.0)
+            del q
+        u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
+        gx.addcmul_(w.view(1, c, 1), u)  # rank-1: through the 1×1 conv's input
+        if gsc is not None:
+            gz, out_params = _tiny_grads(ctx, z, gsc, True, params, ctx.needs_input_grad[5:])
             if gz is not None:
                 gx.add_(gz / float(x3.shape[-1]))  # through the mean
         gw = torch.bmm(x3, u.transpose(1, 2)).sum(0).view_as(w)

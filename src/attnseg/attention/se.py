@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import SpatialChannelScale, pooled_scale, use_fused
+from attnseg.attention._fused import SEMlpTiny, SpatialChannelScale, pooled_scale, use_fused
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -38,7 +38,7 @@ class ChannelSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "avg":
             # lean two-pass backward (attnseg.attention._fused); plain ops when no gradient
-            return pooled_scale(x, None, self._avg_scale, list(self.parameters()))
+            return pooled_scale(x, None, self._avg_scale, list(self.parameters()), SEMlpTiny())
         flat = x.flatten(2)
         if self.pooling == "max":
             logits = self.mlp(flat.amax(-1))
@@ -84,12 +84,15 @@ class SpatialSE(nn.Module):
 
 class ConcurrentSE(nn.Module):
     """scSE (Roy et al., 2018): channel SE (``cse``) and spatial SE (``sse``) applied to the same
-    input and combined by ``combine``: ``"max"`` (element-wise maximum), ``"add"``/``"sum"``
-    or ``"mul"`` (``x · s_c · s_s``). Shape ``(B, C, *spatial)`` → same.
+    input and combined by ``combine``: ``"add"``/``"sum"`` (default: the element-wise sum of the
+    original MICCAI 2018 paper, as segmentation_models_pytorch), ``"max"`` (element-wise
+    maximum, the "max-out" aggregation of the journal version, Roy et al. IEEE TMI 2019) or
+    ``"mul"`` (``x · s_c · s_s``). ``max`` costs about twice ``add`` in training (a mask is
+    saved and applied; ``docs/attention.md``). Shape ``(B, C, *spatial)`` → same.
     """
 
     def __init__(self, channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str = "avg",
-                 combine: str = "max") -> None:
+                 combine: str = "add") -> None:
         super().__init__()
         combine = {"sum": "add"}.get(combine, combine)
         if combine not in ("max", "add", "mul"):
@@ -105,7 +108,7 @@ class ConcurrentSE(nn.Module):
         params = list(self.cse.parameters())
         if self.cse.pooling == "avg" and use_fused(x, [w, b, *params]):
             # both branches and the combination in one autograd node (attnseg.attention._fused)
-            return SpatialChannelScale.apply(x, self.combine, self.cse._avg_scale, w, b, *params)
+            return SpatialChannelScale.apply(x, self.combine, SEMlpTiny(), w, b, *params)
         if not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
             # inference: two full-size products combined in place (same values)
             y = self.cse(x)
@@ -125,7 +128,7 @@ def sse(channels: int, spatial_dims: int = 3) -> nn.Module:
 
 
 @register_attention("scse", family="channel+spatial",
-                    description="Concurrent channel and spatial SE, combined by max or sum (Roy et al. 2018)")
+                    description="Concurrent channel and spatial SE, combined by sum or max (Roy et al. 2018)")
 def scse(channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str = "avg",
-         combine: str = "max") -> nn.Module:
+         combine: str = "add") -> nn.Module:
     return ConcurrentSE(channels, spatial_dims, reduction, pooling, combine)

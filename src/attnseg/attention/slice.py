@@ -44,7 +44,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import broadcast_shape, pooled_max, pooled_mean, pooled_scale, slice_layout
+from attnseg.attention._fused import (
+    ManualTiny,
+    se_mlp_backward,
+    se_mlp_forward,
+    broadcast_shape,
+    pooled_max,
+    pooled_mean,
+    pooled_scale,
+    slice_layout,
+)
 from attnseg.blocks import check_spatial_dims
 
 POOLINGS = ("avg", "max", "avg+max")
@@ -175,14 +184,17 @@ class SliceAttention(nn.Module):
         size = f"num_slices={self.num_slices}, hidden={self.hidden_slices}, " if self.form == "fixed" else ""
         return f"{self.channels}, form={self.form!r}, {size}slice_axis={self.slice_axis}, pooling={self.pooling!r}"
 
-    def excite(self, z: torch.Tensor) -> torch.Tensor:
-        """Slice descriptors ``(B, C, D)`` → slice logits ``(B, C, D)``."""
-        if self.form == "adaptive":
-            return self.conv2(F.relu(self.conv1(z)))
+    def _check_slices(self, z: torch.Tensor) -> None:
         if z.shape[-1] != self.num_slices:
             raise ValueError(f"fixed-form slice attention was built for {self.num_slices} slices along spatial "
                              f"axis {self.slice_axis} but got {z.shape[-1]}; rebuild it for this size or use "
                              f"form='adaptive'")
+
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """Slice descriptors ``(B, C, D)`` → slice logits ``(B, C, D)``."""
+        if self.form == "adaptive":
+            return self.conv2(F.relu(self.conv1(z)))
+        self._check_slices(z)
         if self.hidden_slices == 0:
             # zero-width hidden layer (reference PAM flavour with D < h): only the second bias remains
             return self.fc2_bias.unsqueeze(0).expand(z.shape[0], -1, -1)
@@ -191,6 +203,46 @@ class SliceAttention(nn.Module):
         h = torch.baddbmm(self.fc1_bias.unsqueeze(1), z.transpose(0, 1), self.fc1_weight.transpose(1, 2)).relu_()
         out = torch.baddbmm(self.fc2_bias.unsqueeze(1), h, self.fc2_weight.transpose(1, 2))
         return out.transpose(0, 1).contiguous()
+
+    @property
+    def has_manual_excite(self) -> bool:
+        """Whether :meth:`excite_manual` applies (not for a zero-width hidden layer)."""
+        return self.form == "adaptive" or self.hidden_slices > 0
+
+    def excite_manual(self, z: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """:meth:`excite` without autograd for :class:`ManualTiny`: ``(logits, saved)``;
+        ``params`` are this module's four parameters in registration order."""
+        w1, b1, w2, b2 = params
+        if self.form == "adaptive":
+            pad, c = self.conv1.padding, self.channels
+            h = F.conv1d(z, w1, b1, padding=pad, groups=c).relu_()
+            return F.conv1d(h, w2, b2, padding=pad, groups=c), (z, h)
+        self._check_slices(z)
+        zc = z.transpose(0, 1)  # (C, B, D): one matrix product per channel
+        h = torch.baddbmm(b1.unsqueeze(1), zc, w1.transpose(1, 2)).relu_()
+        return torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)).transpose(0, 1), (zc, h)
+
+    def excite_manual_backward(self, saved: Any, gl: torch.Tensor, want_z: bool, params: Sequence[torch.Tensor]
+                               ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Gradients of :meth:`excite_manual` from ``dL/dlogits`` ``(B, C, D)``:
+        ``(dL/dz or None, [dL/dw1, dL/db1, dL/dw2, dL/db2])``."""
+        w1, b1, w2, b2 = params
+        if self.form == "adaptive":
+            z, h = saved
+            conv_bwd = torch.ops.aten.convolution_backward
+            pad, c = list(self.conv1.padding), self.channels
+            gh, gw2, gb2 = conv_bwd(gl.contiguous(), h, w2, [w2.shape[0]], [1], pad, [1], False, [0], c,
+                                    [True, True, True])
+            gh = torch.ops.aten.threshold_backward(gh, h, 0)
+            gz, gw1, gb1 = conv_bwd(gh, z, w1, [w1.shape[0]], [1], pad, [1], False, [0], c, [want_z, True, True])
+            return gz, [gw1, gb1, gw2, gb2]
+        zc, h = saved
+        glc = gl.transpose(0, 1)  # (C, B, D)
+        gw2, gb2 = torch.bmm(glc.transpose(1, 2), h), glc.sum(1)
+        gh = torch.ops.aten.threshold_backward(torch.bmm(glc, w2), h, 0)
+        gw1, gb1 = torch.bmm(gh.transpose(1, 2), zc), gh.sum(1)
+        gz = torch.bmm(gh, w1).transpose(0, 1) if want_z else None
+        return gz, [gw1, gb1, gw2, gb2]
 
     def weights(self, zavg: torch.Tensor, zmax: torch.Tensor | None = None) -> torch.Tensor:
         """Sigmoid slice weights ``s`` ``(B, C, D)`` from per-slice mean (and max) descriptors."""
@@ -213,7 +265,24 @@ class SliceAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.needs_max:
             return self.forward_with_weights(x)[0]
-        return pooled_scale(x, self.slice_axis, self.weights, list(self.parameters()))
+        manual = _SliceTiny(self) if self.pooling == "avg" and self.has_manual_excite else None
+        return pooled_scale(x, self.slice_axis, self.weights, list(self.parameters()), manual)
+
+
+class _SliceTiny(ManualTiny):
+    """Slice attention's ``z → sigmoid(excite(z))`` with a hand-written backward."""
+
+    def __init__(self, module: SliceAttention) -> None:
+        self.m = module
+
+    def forward(self, z, params):
+        logits, saved = self.m.excite_manual(z, params)
+        s = torch.sigmoid(logits)
+        return s, (saved, s)
+
+    def backward(self, saved, ga, want_z, params):
+        excite_saved, s = saved
+        return self.m.excite_manual_backward(excite_saved, torch.ops.aten.sigmoid_backward(ga, s), want_z, params)
 
 
 class KeySliceSelection(nn.Module):
@@ -367,7 +436,33 @@ class ProgressiveAttention(nn.Module):
         if self.needs_max:
             zavg, zmax = _slice_stats(x, self.slice_axis, True)
             return _apply_slice_scale(x, self._combined(zavg, zmax), self.slice_axis)
-        return pooled_scale(x, self.slice_axis, self._combined, list(self.parameters()))
+        manual = _PamTiny(self) if self.channel.detach_descriptor and self.slice.has_manual_excite else None
+        return pooled_scale(x, self.slice_axis, self._combined, list(self.parameters()), manual)
+
+
+class _PamTiny(ManualTiny):
+    """PAM's ``z → s ⊗ t`` (average pooling, detached channel descriptor, as the reference)
+    with a hand-written backward; ``params``: the slice module's four, then ``fc1.weight``,
+    ``fc1.bias``, ``fc2.weight``, ``fc2.bias`` of the channel part."""
+
+    def __init__(self, module: ProgressiveAttention) -> None:
+        self.m = module
+
+    def forward(self, z, params):
+        logits, excite_saved = self.m.slice.excite_manual(z, params[:4])
+        s = torch.sigmoid(logits)
+        m = key_slice_mask(s).to(z.dtype)
+        desc = (z * s * m).sum(-1) / m.sum(-1)  # key-slice mean of x·s, (B, C)
+        t, h2 = se_mlp_forward(desc, *params[4:])
+        return s * t.unsqueeze(-1), (excite_saved, s, t, h2, desc)
+
+    def backward(self, saved, ga, want_z, params):
+        excite_saved, s, t, h2, desc = saved
+        gl = torch.ops.aten.sigmoid_backward(ga * t.unsqueeze(-1), s)
+        gz, grads = self.m.slice.excite_manual_backward(excite_saved, gl, want_z, params[:4])
+        # channel part: the descriptor is detached, so only the FC parameters get gradients
+        _, fc_grads = se_mlp_backward((ga * s).sum(-1), desc, h2, t, params[4], params[6], False)
+        return gz, grads + fc_grads
 
 
 # ----------------------------------------------------------------------------------------
