@@ -46,12 +46,12 @@ from torch.nn import functional as F
 from attnseg.attention import register_attention
 from attnseg.attention._fused import (
     ManualTiny,
-    se_mlp_backward,
-    se_mlp_forward,
     broadcast_shape,
     pooled_max,
     pooled_mean,
     pooled_scale,
+    se_mlp_backward,
+    se_mlp_forward,
     slice_layout,
 )
 from attnseg.blocks import check_spatial_dims
