@@ -43,7 +43,7 @@ ROOT = HERE.parent
 # pipeline's short run already compares 1 mm BraTS-sized cases; models at 32³ (every model, both
 # passes); the sliding window in full: 1×4×240×240×155, ROI 128 and 96, window batch 1 and 2)
 FULL_ARGS: dict[str, list[str]] = {
-    "attention.py": ["--threads", "1", "--clock", "cpu", "--repeats", "3"],
+    "attention.py": ["--threads", "1", "--clock", "cpu", "--repeats", "5"],
     "data_pipeline.py": ["--quick"],
     "models.py": ["--quick"],
     "train_step.py": ["--repeats", "3", "--modes", "plain-fp32", "fast-fp32", "fast-bf16"],

@@ -122,16 +122,10 @@ def main() -> None:
         _child(a)
         return
 
+    from attnseg.infer.fastpath import drop_emulated_bf16
     from attnseg.report.table import markdown_table, print_table
 
-    impls = [s.strip() for s in a.impls.split(",") if s.strip()]
-    from attnseg.infer.fastpath import onednn_bf16_supported
-
-    if any(i.endswith("bf16") for i in impls) and not onednn_bf16_supported() and not a.force_bf16:
-        # emulated bf16 convolutions run at ~0.1 GFLOP/s: hours for the full volume
-        impls = [i for i in impls if not i.endswith("bf16")]
-        print("note: this CPU has no native oneDNN bf16 (AVX-512 BF16/AMX); the bf16 rows are skipped "
-              "(--force-bf16 runs them anyway)", flush=True)
+    impls = drop_emulated_bf16([s.strip() for s in a.impls.split(",") if s.strip()], a.force_bf16)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for roi in a.rois:

@@ -88,13 +88,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.size, args.repeats, args.threads)))
         return
-    from attnseg.infer.fastpath import onednn_bf16_supported
+    from attnseg.infer.fastpath import drop_emulated_bf16
 
-    if "fast-bf16" in args.modes and not onednn_bf16_supported() and not args.force_bf16:
-        # emulated bf16 convolutions run at ~0.1 GFLOP/s: one step would take an hour
-        args.modes = [m for m in args.modes if m != "fast-bf16"]
-        print("note: this CPU has no native oneDNN bf16 (AVX-512 BF16/AMX); fast-bf16 is skipped "
-              "(--force-bf16 runs it anyway)", flush=True)
+    args.modes = drop_emulated_bf16(list(args.modes), args.force_bf16, what="fast-bf16 steps")
     times: dict[str, list[float]] = {m: [] for m in args.modes}
     native = None
     for _ in range(args.rounds):

@@ -214,9 +214,10 @@ class SliceAttention(nn.Module):
         ``params`` are this module's four parameters in registration order."""
         w1, b1, w2, b2 = params
         if self.form == "adaptive":
-            pad, c = self.conv1.padding, self.channels
-            h = F.conv1d(z, w1, b1, padding=pad, groups=c).relu_()
-            return F.conv1d(h, w2, b2, padding=pad, groups=c), (z, h)
+            c = self.channels
+            h = _grouped_conv_taps(z.unsqueeze(2), w1.view(c, -1, 1, w1.shape[-1]), b1.view(c, -1)).relu_()
+            logits = _grouped_conv_taps(h, w2.view(c, 1, -1, w2.shape[-1]), b2.view(c, 1))
+            return logits.squeeze(2), (z, h)
         self._check_slices(z)
         zc = z.transpose(0, 1)  # (C, B, D): one matrix product per channel
         h = torch.baddbmm(b1.unsqueeze(1), zc, w1.transpose(1, 2)).relu_()
@@ -229,13 +230,13 @@ class SliceAttention(nn.Module):
         w1, b1, w2, b2 = params
         if self.form == "adaptive":
             z, h = saved
-            conv_bwd = torch.ops.aten.convolution_backward
-            pad, c = list(self.conv1.padding), self.channels
-            gh, gw2, gb2 = conv_bwd(gl.contiguous(), h, w2, [w2.shape[0]], [1], pad, [1], False, [0], c,
-                                    [True, True, True])
+            c = self.channels
+            v1, v2 = w1.view(c, -1, 1, w1.shape[-1]), w2.view(c, 1, -1, w2.shape[-1])
+            gh, gw2, gb2 = _grouped_conv_taps_backward(gl.unsqueeze(2), h, v2, True)
             gh = torch.ops.aten.threshold_backward(gh, h, 0)
-            gz, gw1, gb1 = conv_bwd(gh, z, w1, [w1.shape[0]], [1], pad, [1], False, [0], c, [want_z, True, True])
-            return gz, [gw1, gb1, gw2, gb2]
+            gz, gw1, gb1 = _grouped_conv_taps_backward(gh, z.unsqueeze(2), v1, want_z)
+            return (None if gz is None else gz.squeeze(2)), [gw1.view_as(w1), gb1.view_as(b1), gw2.view_as(w2),
+                                                             gb2.view_as(b2)]
         zc, h = saved
         glc = gl.transpose(0, 1)  # (C, B, D)
         gw2, gb2 = torch.bmm(glc.transpose(1, 2), h), glc.sum(1)
@@ -267,6 +268,51 @@ class SliceAttention(nn.Module):
             return self.forward_with_weights(x)[0]
         manual = _SliceTiny(self) if self.pooling == "avg" and self.has_manual_excite else None
         return pooled_scale(x, self.slice_axis, self.weights, list(self.parameters()), manual)
+
+
+def _grouped_conv_taps(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Grouped 1D convolution along the last axis, stride 1, "same" zero padding, as a loop
+    over the ``k`` kernel taps (not over channels or slices): ``u`` ``(B, C, I, D)``, ``w``
+    ``(C, O, I, k)`` (odd ``k``), ``bias`` ``(C, O)`` → ``(B, C, O, D)``.
+
+    The same values as ``F.conv1d(..., groups=C)`` on the flattened channels; for the tiny
+    descriptors of slice attention (``B·C·I·D`` ~ 10⁴) these few fused multiply-adds run
+    in about a third of the time of PyTorch's grouped convolution forward and backward on CPU.
+    """
+    k, d = w.shape[-1], u.shape[-1]
+    up = F.pad(u, (k // 2, k // 2)).unsqueeze(2)  # (B, C, 1, I, D + k - 1)
+    wt = w.unsqueeze(-1)  # (C, O, I, k, 1)
+    acc = up[..., 0:d] * wt[:, :, :, 0]
+    for t in range(1, k):
+        acc.addcmul_(up[..., t:t + d], wt[:, :, :, t])
+    out = acc.sum(3) if acc.shape[3] > 1 else acc.squeeze(3)  # over I
+    return out.add_(bias.unsqueeze(-1))
+
+
+def _grouped_conv_taps_backward(gout: torch.Tensor, u: torch.Tensor, w: torch.Tensor, want_input: bool
+                                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_grouped_conv_taps` from ``gout`` ``(B, C, O, D)``:
+    ``(dL/du or None, dL/dw (C, O, I, k), dL/dbias (C, O))``."""
+    k, d = w.shape[-1], u.shape[-1]
+    up = F.pad(u, (k // 2, k // 2))  # (B, C, I, D + k - 1)
+    g5 = gout.unsqueeze(3)  # (B, C, O, 1, D)
+    # dL/dw[c, o, i, t] = Σ_{b, d} gout[b, c, o, d] · u_padded[b, c, i, d + t]
+    b, c, o, i = gout.shape[0], gout.shape[1], gout.shape[2], u.shape[2]
+    if i == 1:  # one batched product over (b, d) (2x faster here; with I > 1 the copy costs more)
+        windows = up.unfold(-1, d, 1).permute(1, 0, 4, 2, 3).reshape(c, b * d, k)  # (C, B·D, k)
+        gw = torch.bmm(gout.permute(1, 2, 0, 3).reshape(c, o, b * d), windows).view(c, o, 1, k)
+    else:
+        gw = torch.stack([(g5 * up[:, :, None, :, t:t + d]).sum((0, 4)) for t in range(k)], -1)
+    gin = None
+    if want_input:
+        # correlation with the flipped kernel: dL/du[d] = Σ_{o, t} gout[d + p - t] · w[o, t]
+        gp = F.pad(g5, (k // 2, k // 2))  # (B, C, O, 1, D + k - 1)
+        wt = w.unsqueeze(-1)  # (C, O, I, k, 1)
+        acc = gp[..., k - 1:k - 1 + d] * wt[:, :, :, 0]
+        for t in range(1, k):
+            acc.addcmul_(gp[..., k - 1 - t:k - 1 - t + d], wt[:, :, :, t])
+        gin = acc.sum(2) if acc.shape[2] > 1 else acc.squeeze(2)  # over O
+    return gin, gw, gout.sum((0, 3))
 
 
 class _SliceTiny(ManualTiny):
@@ -450,9 +496,10 @@ class _PamTiny(ManualTiny):
 
     def forward(self, z, params):
         logits, excite_saved = self.m.slice.excite_manual(z, params[:4])
-        s = torch.sigmoid(logits)
-        m = key_slice_mask(s).to(z.dtype)
-        desc = (z * s * m).sum(-1) / m.sum(-1)  # key-slice mean of x·s, (B, C)
+        s = logits.contiguous().sigmoid_()  # (B, C, D) in z's layout: the ops below mix them
+        p = torch.softmax(s, -1)
+        m = (p >= p.mean(-1, keepdim=True)).to(z.dtype)  # key slices (as key_slice_mask)
+        desc = (z * s).mul_(m).sum(-1).div_(m.sum(-1))  # key-slice mean of x·s, (B, C)
         t, h2 = se_mlp_forward(desc, *params[4:])
         return s * t.unsqueeze(-1), (excite_saved, s, t, h2, desc)
 
