@@ -1,3 +1,5 @@
+"""CPU fast-path helpers (benchmark helpers)."""
+
 
 
 def test_drop_emulated_bf16(monkeypatch, capsys):
