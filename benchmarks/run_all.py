@@ -171,6 +171,25 @@ def run_script(script: Path, quick: bool, timeout: float) -> dict:
             "stderr": err, "markdown": md, "quick": "--quick" in cmd}
 
 
+def merge_sections(old: str, new_sections: list[str], when: str) -> str:
+    """``old`` (a benchmarks.md) with its ``## name`` sections replaced by those of
+    ``new_sections`` (new names are appended) and a note under the title saying which
+    sections were regenerated ``when``; everything else is kept as it was."""
+    def split(text: str) -> tuple[str, list[tuple[str, str]]]:
+        parts = text.split("\n## ")
+        return parts[0], [(p.split("\n", 1)[0].strip(), "## " + p) for p in parts[1:]]
+
+    head, old_parts = split(old)
+    new = {name: body for name, body in (split("\n" + s)[1][0] for s in new_sections)}
+    merged = [new.pop(name, body) for name, body in old_parts] + list(new.values())
+    names = ", ".join(split("\n" + s)[1][0][0] for s in new_sections)
+    note = f"Sections regenerated on {when} with `run_all.py --only`: {names}."
+    lines = [ln for ln in head.split("\n") if not ln.startswith("Sections regenerated on ")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines + ["", note, ""]) + "\n" + "\n".join(p.rstrip("\n") + "\n" for p in merged)
+
+
 def _section(res: dict, peak: float | None) -> str:
     lines = [f"## {res['script']}", "",
              f"`{res['cmd']}` — {res['wall_s'] / 60:.1f} min, "
@@ -210,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-min", type=float, default=19.0, help="overall wall-time budget in minutes")
     p.add_argument("--timeout-min", type=float, default=10.0, help="per-script timeout in minutes")
     p.add_argument("--list", action="store_true", help="print the scripts and exit")
+    p.add_argument("--replace", action="store_true",
+                   help="with --only: write a file with just those sections (default: replace those "
+                        "sections in the existing --out and keep the others)")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     todo = scripts(only)
@@ -267,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             "its comparisons side by side in one process run; figures from a shared machine are noisy, so compare "
             "the ratios, not absolute times across sections.", ""]
     text = "\n".join(head) + "\n" + "\n".join(sections)
+    if only is not None and args.out.exists() and not args.replace:
+        text = merge_sections(args.out.read_text(), sections,
+                              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".md.tmp")
     tmp.write_text(text)

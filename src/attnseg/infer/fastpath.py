@@ -172,12 +172,42 @@ class OneDNNConv2d(nn.Conv2d):
         return _onednn_forward(self, x, 2, nn.Conv2d)
 
 
+# below this many elements the in-place form saves too little memory to matter
+_INPLACE_NORM_MIN = 1 << 20
+
+
+def _instance_norm_inplace(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                           eps: float) -> torch.Tensor:
+    """Instance norm written into ``x`` itself (contiguous ``(B, C, *spatial)``), inference only.
+
+    Statistics from a sum and a sum of squares of ``x`` shifted by a per-channel sample mean
+    (so ``E[x'²] - E[x']²`` does not cancel), then eval-mode batch norm over the ``(1, B·C, …)``
+    view with ``out=x``. Saves one activation map at the memory peak for a norm that directly
+    follows a convolution, whose output nobody else holds (:func:`prepare_model`).
+    """
+    b, c = x.shape[:2]
+    v = x.view(b * c, -1)
+    n = v.shape[1]
+    v.sub_(v[:, :4096].mean(1, keepdim=True))
+    mean = v.sum(1).div_(n)
+    var = torch.linalg.vector_norm(v, dim=1).square_().div_(n).sub_(mean * mean).clamp_min_(0)
+    w = None if weight is None else weight.repeat(b)
+    bb = None if bias is None else bias.repeat(b)
+    flat = x.view(1, b * c, *x.shape[2:])
+    torch.ops.aten.native_batch_norm.out(flat, w, bb, mean, var, False, 0.0, eps, out=flat,
+                                         save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
+    return x
+
+
 def _group_norm_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor, base: type) -> torch.Tensor:
     # instance norm == group norm with one channel per group; PyTorch's CPU group-norm kernel
     # is ~5x faster than instance_norm (which runs batch_norm on a (1, N*C, ...) copy) and keeps
     # channels-last tensors channels-last
     if self.track_running_stats or x.dim() != self.weight_dim + 2 or x.shape[1] != self.num_features:
         return base.forward(self, x)
+    if getattr(self, "_attnseg_inplace", False) and not torch.is_grad_enabled() and x.is_contiguous() \
+            and x.is_floating_point() and x.numel() >= _INPLACE_NORM_MIN:
+        return _instance_norm_inplace(x, self.weight, self.bias, self.eps)
     fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
     if x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
         # the channels-last group-norm kernel loses precision on large maps (2.5e-3 abs error
@@ -257,6 +287,7 @@ _NORM_SWAPS = {nn.InstanceNorm3d: GroupNormInstanceNorm3d, nn.InstanceNorm2d: Gr
 _FRESH_OUTPUT = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.modules.batchnorm._NormBase,
                  nn.GroupNorm, nn.LayerNorm)
 _INPLACE_ACTS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.ReLU6, nn.SiLU, nn.Hardswish)
+_CONVS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _inplace_activations(model: nn.Module) -> int:
@@ -270,6 +301,10 @@ def _inplace_activations(model: nn.Module) -> int:
         for prev, m in zip(mods, mods[1:]):
             if isinstance(m, _INPLACE_ACTS) and isinstance(prev, _FRESH_OUTPUT) and not m.inplace:
                 m.inplace = True
+                n += 1
+            elif isinstance(m, (GroupNormInstanceNorm2d, GroupNormInstanceNorm3d)) and isinstance(prev, _CONVS):
+                # an instance norm right after a conv normalises the conv's output in place
+                m._attnseg_inplace = True
                 n += 1
     return n
 
@@ -286,7 +321,9 @@ def prepare_model(model: nn.Module, spatial_dims: int = 3, onednn: bool = True,
     ``channels_last``: convert 4D/5D weights to channels-last(-3d). Has no effect on CUDA models
     other than the memory format.
     ``inplace_act``: activations that directly follow a conv/norm inside an ``nn.Sequential``
-    (e.g. ``ConvNormAct``) run in place (inference only: in-place ops can break autograd).
+    (e.g. ``ConvNormAct``) run in place, and so do instance norms (with ``fast_norm``) that
+    directly follow a convolution (without gradient only: in-place ops can break autograd;
+    a forward hook that keeps such a convolution's output sees it normalised).
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
