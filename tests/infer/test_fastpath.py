@@ -21,15 +21,18 @@ def test_instance_norm_inplace_matches_instance_norm():
     from attnseg.infer.fastpath import _instance_norm_inplace
 
     g = torch.Generator().manual_seed(0)
-    # a large common offset: the plain E[x²] - E[x]² would lose ~4 digits here
-    x = torch.randn(2, 3, 40, 30, 20, generator=g) * 0.5 + 40.0
+    # a large common offset (E[x²] - E[x]² would lose ~4 digits) and 2.4e5 voxels per map (several blocks)
+    x = torch.randn(2, 3, 80, 60, 50, generator=g) * 0.5 + 40.0
     w, b = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
     for weight, bias in ((w, b), (None, None)):
-        ref = F.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+        ref = F.instance_norm(x.double(), weight=None if weight is None else weight.double(),
+                              bias=None if bias is None else bias.double(), eps=1e-5).float()
         y = x.clone()
         out = _instance_norm_inplace(y, weight, bias, 1e-5)
         assert out.data_ptr() == y.data_ptr()
-        torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+        # float32 inputs near 40 are quantised to 3.8e-6, i.e. 7.6e-6 after dividing by the
+        # 0.5 std: the same bound holds for F.group_norm (4.8e-6 here)
+        torch.testing.assert_close(out, ref, atol=1.5e-5, rtol=0)
 
 
 def test_prepare_model_normalises_conv_output_in_place_without_grad():

@@ -180,17 +180,26 @@ def _instance_norm_inplace(x: torch.Tensor, weight: torch.Tensor | None, bias: t
                            eps: float) -> torch.Tensor:
     """Instance norm written into ``x`` itself (contiguous ``(B, C, *spatial)``), inference only.
 
-    Statistics from a sum and a sum of squares of ``x`` shifted by a per-channel sample mean
-    (so ``E[x'²] - E[x']²`` does not cancel), then eval-mode batch norm over the ``(1, B·C, …)``
-    view with ``out=x``. Saves one activation map at the memory peak for a norm that directly
-    follows a convolution, whose output nobody else holds (:func:`prepare_model`).
+    ``x`` is centred in place (per-channel sum), its variance is the mean square of the centred
+    values (accumulated block by block), then eval-mode batch norm over the ``(1, B·C, …)``
+    view with ``out=x``. Agrees with group norm to ~1e-6. Saves one activation map at the
+    memory peak for a norm that directly follows a convolution, whose output nobody else holds
+    (:func:`prepare_model`).
     """
     b, c = x.shape[:2]
     v = x.view(b * c, -1)
     n = v.shape[1]
-    v.sub_(v[:, :4096].mean(1, keepdim=True))
-    mean = v.sum(1).div_(n)
-    var = torch.linalg.vector_norm(v, dim=1).square_().div_(n).sub_(mean * mean).clamp_min_(0)
+    v.sub_(v.sum(1, keepdim=True).div_(n))  # centred in place: the variance below cannot cancel
+    # sum of squares block by block along the voxels (a loop over memory blocks): the block's
+    # square stays small, and torch.sum's cascade keeps float32 accurate (vector_norm's
+    # float32 accumulation is off by ~5e-5 relative at 128^3, 100x group norm's error)
+    cols = max(1, (1 << 19) // v.shape[0])
+    var = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+    for j in range(0, n, cols):
+        blk = v[:, j:j + cols]
+        var += (blk * blk).sum(1)
+    var.div_(n)
+    mean = torch.zeros_like(var)
     w = None if weight is None else weight.repeat(b)
     bb = None if bias is None else bias.repeat(b)
     flat = x.view(1, b * c, *x.shape[2:])
