@@ -106,8 +106,10 @@ CLOCK: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.
 _clock = CLOCK["wall"]
 
 
-def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median times of ``fn`` and ``ref`` measured alternately (so load drift hits both)."""
+def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """Median times of ``fn`` and ``ref`` measured alternately (so load drift hits both), and
+    the median of the per-pair ratios ``fn / ref`` (steadier than the ratio of the medians when
+    the machine's speed drifts between pairs)."""
     fn()
     ref()
     a, b = [], []
@@ -116,17 +118,17 @@ def paired_times(fn: Callable[[], object], ref: Callable[[], object], repeats: i
             t0 = _clock()
             f()
             out.append(_clock() - t0)
-    return statistics.median(a), statistics.median(b)
+    return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b))
 
 
 def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, repeats: int) -> dict:
     """Times and peak memory of ``module`` and the ratios to ``yard`` (measured alternately)."""
     fwd, fb = make_fns(module, args)
     yfwd, yfb = make_fns(yard, args[:1])
-    t_f, y_f = paired_times(fwd, yfwd, repeats)
-    t_fb, y_fb = paired_times(fb, yfb, repeats)
+    t_f, y_f, r_f = paired_times(fwd, yfwd, repeats)
+    t_fb, y_fb, r_fb = paired_times(fb, yfb, repeats)
     mem, ymem = peak_bytes(fb), peak_bytes(yfb)
-    return {"fwd_s": t_f, "fwdbwd_s": t_fb, "peak_mb": mem / 2**20, "fwd_x": t_f / y_f, "fwdbwd_x": t_fb / y_fb,
+    return {"fwd_s": t_f, "fwdbwd_s": t_fb, "peak_mb": mem / 2**20, "fwd_x": r_f, "fwdbwd_x": r_fb,
             "mem_x": mem / ymem, "yard_fwdbwd_s": y_fb}
 
 
@@ -202,8 +204,9 @@ def module_table(names: list[str], repeats: int) -> None:
         print_table(rows, ["module", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x", "vs_conv",
                            "own_conv_s", "vs_own_conv"],
                     title=f"{label} {b}x{c}x{'x'.join(map(str, size))}: times in s, peak MB beyond inputs; "
-                          f"_x = ratio to x*w (measured alternately), vs_conv = fwd+bwd ratio to one 3x3 conv, "
-                          f"vs_own_conv = fwd+bwd ratio to the module's own conv layers at full resolution")
+                          f"_x = median of per-pair ratios to x*w (measured alternately), vs_conv = fwd+bwd "
+                          f"ratio to one 3x3 conv, vs_own_conv = fwd+bwd ratio to the module's own conv layers at "
+                          f"full resolution")
 
 
 # ----------------------------------------------------------------------------------------
@@ -274,8 +277,8 @@ def pam_table(repeats: int, channel_list: tuple[int, ...]) -> None:
                          "speedup_fwdbwd": loop["fwdbwd_x"] / r["fwdbwd_x"]})
     print_table(rows, ["channels", "impl", "fwd_s", "fwdbwd_s", "peak_mb", "fwd_x", "fwdbwd_x", "mem_x",
                        "speedup_fwd", "speedup_fwdbwd"],
-                title="PAM at 1xCx48x48x48: _x = ratio to x*w (alternating runs); speed-up over the loop-based "
-                      "reference-style implementation")
+                title="PAM at 1xCx48x48x48: _x = median per-pair ratio to x*w (alternating runs); speed-up over "
+                      "the loop-based reference-style implementation")
 
 
 def main(argv: list[str] | None = None) -> int:
