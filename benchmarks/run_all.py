@@ -173,21 +173,25 @@ def run_script(script: Path, quick: bool, timeout: float) -> dict:
 
 def merge_sections(old: str, new_sections: list[str], when: str) -> str:
     """``old`` (a benchmarks.md) with its ``## name`` sections replaced by those of
-    ``new_sections`` (new names are appended) and a note under the title saying which
-    sections were regenerated ``when``; everything else is kept as it was."""
+    ``new_sections`` (new names are appended) and, under the title, one line per regenerated
+    section saying when (earlier lines for other sections are kept); the rest is kept as it was."""
     def split(text: str) -> tuple[str, list[tuple[str, str]]]:
         parts = text.split("\n## ")
         return parts[0], [(p.split("\n", 1)[0].strip(), "## " + p) for p in parts[1:]]
 
     head, old_parts = split(old)
     new = {name: body for name, body in (split("\n" + s)[1][0] for s in new_sections)}
+    names = list(new)
     merged = [new.pop(name, body) for name, body in old_parts] + list(new.values())
-    names = ", ".join(split("\n" + s)[1][0][0] for s in new_sections)
-    note = f"Sections regenerated on {when} with `run_all.py --only`: {names}."
-    lines = [ln for ln in head.split("\n") if not ln.startswith("Sections regenerated on ")]
+    prefix = "- Section regenerated with `run_all.py --only`: "
+    stale = tuple(f"{prefix}{n} " for n in names)
+    lines = [ln for ln in head.split("\n") if not ln.startswith(stale)]
     while lines and not lines[-1].strip():
         lines.pop()
-    return "\n".join(lines + ["", note, ""]) + "\n" + "\n".join(p.rstrip("\n") + "\n" for p in merged)
+    notes = [f"{prefix}{n} on {when}." for n in names]
+    if not any(ln.startswith(prefix) for ln in lines):
+        lines.append("")
+    return "\n".join(lines + notes + [""]) + "\n" + "\n".join(p.rstrip("\n") + "\n" for p in merged)
 
 
 def _section(res: dict, peak: float | None) -> str:

@@ -19,8 +19,10 @@ def test_merge_sections_replaces_in_place_and_keeps_the_rest():
     once = merge(old, ["## attention.py\n\nnew att\n"], "T1")
     assert once.index("## Machine") < once.index("## attention.py") < once.index("## models.py")
     assert "new att" in once and "old att" not in once and "m1" in once and "\nold\n" in once
-    assert "Sections regenerated on T1 with `run_all.py --only`: attention.py." in once
-    twice = merge(once, ["## attention.py\n\nnewer\n", "## extra.py\n\nE\n"], "T2")
-    assert "T1" not in twice and twice.count("Sections regenerated") == 1
+    assert "Section regenerated with `run_all.py --only`: attention.py on T1." in once
+    twice = merge(once, ["## models.py\n\nnew models\n"], "T2")
+    assert "attention.py on T1." in twice and "models.py on T2." in twice
+    twice = merge(twice, ["## attention.py\n\nnewer\n", "## extra.py\n\nE\n"], "T3")
+    assert "T1" not in twice and "models.py on T2." in twice and twice.count("Section regenerated") == 3
     assert twice.rstrip().endswith("E") and "newer" in twice and "new att" not in twice
     assert twice.count("## attention.py") == 1 and "\n\n\n\n" not in twice
