@@ -276,8 +276,9 @@ def _grouped_conv_taps(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> 
     ``(C, O, I, k)`` (odd ``k``), ``bias`` ``(C, O)`` → ``(B, C, O, D)``.
 
     The same values as ``F.conv1d(..., groups=C)`` on the flattened channels; for the tiny
-    descriptors of slice attention (``B·C·I·D`` ~ 10⁴) these few fused multiply-adds run
-    in about a third of the time of PyTorch's grouped convolution forward and backward on CPU.
+    descriptors of slice attention (``B·C·I·D`` ~ 10⁴) these few fused multiply-adds (and
+    :func:`_grouped_conv_taps_backward`) take a half to a third of the time of PyTorch's
+    grouped convolution forward and backward on CPU (0.9-1.2 vs 1.7-3.0 ms at 2×32×128).
     """
     k, d = w.shape[-1], u.shape[-1]
     up = F.pad(u, (k // 2, k // 2)).unsqueeze(2)  # (B, C, 1, I, D + k - 1)
