@@ -11,3 +11,25 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _fused_and_plain_grads(m, x, g, plain):
+    """Gradients (input, then every parameter) of ``m(x)`` (its custom autograd node) and of
+    ``plain(x)`` (the same maths in plain autograd) for the output gradient ``g``, after
+    asserting equal outputs. A parameter that plain autograd leaves unused (``None``) counts
+    as zero. Returns ``(fused, plain)`` lists to compare pairwise."""
+    y = m(x)
+    y.backward(g)
+    fused = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    x.grad = None
+    m.zero_grad(set_to_none=True)
+    ref = plain(x)
+    torch.testing.assert_close(y, ref)
+    ref.backward(g)
+    return fused, [x.grad] + [torch.zeros_like(p) if p.grad is None else p.grad for p in m.parameters()]
+
+
+@pytest.fixture
+def fused_and_plain_grads():
+    """:func:`_fused_and_plain_grads` for tests that compare a fused node with plain autograd."""
+    return _fused_and_plain_grads

@@ -175,21 +175,15 @@ def test_slice_axis_pools_the_other_axes(dims, axis):
 @pytest.mark.parametrize("name,extra", [("slice", {}), ("slice", {"reduction": 2}), ("pam", {}),
                                         ("pam", {"slice_reduction": 2}), ("pam-adaptive", {}),
                                         ("slice-adaptive", {})])
-def test_fused_backward_equals_plain_autograd(name, extra):
+def test_fused_backward_equals_plain_autograd(name, extra, fused_and_plain_grads):
     # ("pam", {}) has a zero-width slice FC (8 // 16 = 0: autograd tiny network); the others
     # take the hand-written tiny backward (ManualTiny)
     torch.manual_seed(5)
     kw = {"spatial_size": (8, 5, 3)} if name in ("slice", "pam") else {}
     m = create_attention(name, 4, 3, **kw, **extra).double()
     x = torch.randn(2, 4, 8, 5, 3, dtype=torch.double, requires_grad=True)
-    g = torch.randn_like(x)
-    m(x).backward(g)
-    fused = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
-    x.grad = None
-    m.zero_grad()
-    plain = m.forward_with_masks(x)[0] if name.startswith("pam") else m.forward_with_weights(x)[0]
-    plain.backward(g)
-    plain_grads = [x.grad] + [torch.zeros_like(p) if p.grad is None else p.grad for p in m.parameters()]
+    plain = m.forward_with_masks if name.startswith("pam") else m.forward_with_weights
+    fused, plain_grads = fused_and_plain_grads(m, x, torch.randn_like(x), lambda xx: plain(xx)[0])
     for a, b in zip(fused, plain_grads):  # (unused zero-width params: None in plain autograd, zeros fused)
         torch.testing.assert_close(a, b)
 

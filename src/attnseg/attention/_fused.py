@@ -205,7 +205,6 @@ def _tiny_forward(ctx, fn: Callable[[torch.Tensor], torch.Tensor] | ManualTiny, 
     if isinstance(fn, ManualTiny):
         with torch.no_grad():
             a, ctx.tiny = fn.forward(z, params)
-        ctx.graph = None
         return a
     # recorded here (tiny tensors only) so the backward does not have to run it again
     ctx.graph = _record_tiny(fn, z)

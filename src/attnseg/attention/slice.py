@@ -498,9 +498,7 @@ class _PamTiny(ManualTiny):
     def forward(self, z, params):
         logits, excite_saved = self.m.slice.excite_manual(z, params[:4])
         s = logits.contiguous().sigmoid_()  # (B, C, D) in z's layout: the ops below mix them
-        p = torch.softmax(s, -1)
-        m = (p >= p.mean(-1, keepdim=True)).to(z.dtype)  # key slices (as key_slice_mask)
-        desc = (z * s).mul_(m).sum(-1).div_(m.sum(-1))  # key-slice mean of x·s, (B, C)
+        desc = self.m.channel.descriptor(z, None, key_slice_mask(s), s)[0]  # key-slice mean of x·s, (B, C)
         t, h2 = se_mlp_forward(desc, *params[4:])
         return s * t.unsqueeze(-1), (excite_saved, s, t, h2, desc)
 
