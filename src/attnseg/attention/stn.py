@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnseg.attention import register_attention
+from attnseg.attention import _kernels, register_attention
 from attnseg.blocks import ConvNormAct, check_spatial_dims
 
 
@@ -24,6 +24,45 @@ def affine_grid(theta: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch
     base = torch.stack([*reversed(mesh), torch.ones_like(mesh[0])], dim=-1).reshape(-1, n + 1)
     grid = base @ theta.transpose(1, 2)  # (B, N, n)
     return grid.reshape(theta.shape[0], *size, n)
+
+
+class _Trilinear(torch.autograd.Function):
+    """3D ``grid_sample`` (trilinear, zero padding, ``align_corners=False``) through the
+    compiled kernels of :mod:`attnseg.attention._kernels`: the input is made channels-last so
+    that each of the eight corner reads (and, in the backward, scatter-adds) is one contiguous
+    row of ``C`` values. PyTorch's CPU 3D sampler is a scalar loop that reads the ``C``
+    channels of a corner at a stride of ``D·H·W`` elements (~4x slower forward and backward
+    at 1×32×48³, ``benchmarks/attention.py``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        xc = _kernels.transpose_last2(x.reshape(b, c, -1)).view(b, *x.shape[2:], c)  # channels-last copy
+        g = grid.reshape(b, -1, 3).contiguous()
+        out = _kernels.trilinear_forward(xc, g)  # (B, N, C)
+        ctx.save_for_backward(xc, g)
+        ctx.shapes = (x.shape, grid.shape)
+        return _kernels.transpose_last2(out).view(b, c, *grid.shape[1:4])
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        xc, g = ctx.saved_tensors
+        xshape, gshape = ctx.shapes
+        b, c = xshape[:2]
+        gout = _kernels.transpose_last2(gy.reshape(b, c, -1).contiguous())  # (B, N, C)
+        gxc, ggrid = _kernels.trilinear_backward(xc, g, gout, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        gx = None if gxc is None else _kernels.transpose_last2(gxc.view(b, -1, c)).view(xshape)
+        return gx, (None if ggrid is None else ggrid.view(gshape))
+
+
+def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
+    for 5-D inputs; float32 CPU tensors take the compiled kernels (same values up to float
+    rounding), everything else (and tracing/export) PyTorch's own."""
+    if (x.dim() == 5 and _kernels.applies(grid) and x.device.type == "cpu" and x.dtype == torch.float32
+            and not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())):
+        return _Trilinear.apply(x, grid)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class SpatialTransformer(nn.Module):
@@ -61,6 +100,8 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = affine_grid(self.transform(x), list(x.shape[2:]))
+        if self.mode == "bilinear" and self.spatial_dims == 3:
+            return grid_sample_3d(x, grid)
         return F.grid_sample(x, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
 
 
