@@ -156,3 +156,45 @@ def test_stn_3d_uses_the_compiled_sampler(monkeypatch):
     torch.testing.assert_close(m(x), y, rtol=1e-5, atol=1e-5)
     assert n["fwd"] == 1
     assert stn_mod.grid_sample_3d is not None
+
+
+# ----------------------------------------------------------------------------------------
+# spatial SE / scSE
+
+
+@pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {}, 3), ("scse", {}, 2),
+                                          ("scse", {"combine": "max"}, 3), ("scse", {"combine": "max"}, 2)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_scse_compiled_matches_float64(name, kw, dims, batch, monkeypatch):
+    used = []
+    fn = _kernels.scse_grad_input
+    monkeypatch.setattr(_kernels, "scse_grad_input", lambda *a: used.append(1) or fn(*a))
+    torch.manual_seed(9)
+    m = create_attention(name, 6, dims, **kw)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(batch, 6, *(7, 5, 3)[:dims])
+    g = torch.randn_like(x)
+    got = _grads(m, x, g)
+    assert used == [1]
+    want = _grads(copy.deepcopy(m).double(), x.double(), g.double())
+    assert used == [1]  # float64 takes the PyTorch ops (checked against plain autograd in test_se_pe.py)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw", [("sse", {}), ("scse", {}), ("scse", {"combine": "max"})])
+def test_scse_compiled_inference_matches_pytorch(name, kw, monkeypatch):
+    used = []
+    fn = _kernels.scse_combine
+    monkeypatch.setattr(_kernels, "scse_combine", lambda *a: used.append(1) or fn(*a))
+    torch.manual_seed(10)
+    m = create_attention(name, 5, 3, **kw).eval()
+    x = torch.randn(2, 5, 6, 7, 4)
+    with torch.no_grad():
+        got = m(x)
+        assert used == [1]
+        monkeypatch.setenv("ATTNSEG_NUMBA", "0")
+        want = m(x)
+    assert used == [1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

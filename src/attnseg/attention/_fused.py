@@ -315,6 +315,20 @@ class SpatialChannelScale(torch.autograd.Function):
                 w: torch.Tensor, b: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         bsz, c = x.shape[:2]
         x3 = x.reshape(bsz, c, -1)
+        ctx.compiled = _kernels.applies(x)
+        if ctx.compiled:
+            # compiled: the 1×1 conv and the channel sums in one read of x, the combination in one pass
+            s_lin, zsum = _kernels.scse_stats(x3, w)
+            ss = s_lin.add_(b).sigmoid_()  # (B, N)
+            ctx.combine, ctx.shape = combine, x.shape
+            z = sc = None
+            scm = torch.zeros(bsz, c, dtype=x.dtype)
+            if combine != "none":
+                z = (zsum / float(x3.shape[-1])).unsqueeze(-1)
+                sc = _tiny_forward(ctx, fn, z, params)  # (B, C, 1)
+                scm = sc[..., 0].contiguous()
+            ctx.save_for_backward(x, ss, None, z, sc, w, *params)
+            return _kernels.scse_combine(x3, scm, ss, combine).view(x.shape)
         # (B, 1, C) @ (B, C, N) as bmm on x's own layout (matmul would copy x transposed)
         ss = torch.sigmoid(torch.bmm(w.view(1, 1, c).expand(bsz, 1, c), x3) + b.view(1, 1, 1))  # (B, 1, N)
         ctx.combine, ctx.shape = combine, x.shape
@@ -339,6 +353,8 @@ class SpatialChannelScale(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         x, ss, mask, z, sc, w, *params = ctx.saved_tensors
         bsz, c = x.shape[:2]
+        if ctx.compiled:
+            return SpatialChannelScale._compiled_backward(ctx, g.contiguous(), x, ss, z, sc, w, params)
         x3, g3 = x.reshape(bsz, c, -1), g.reshape(bsz, c, -1)
         combine = ctx.combine
         q = g3 * x3
@@ -368,3 +384,22 @@ class SpatialChannelScale(torch.autograd.Function):
         gw = torch.bmm(x3, u.transpose(1, 2)).sum(0).view_as(w)
         gb = u.sum().view(1)
         return (gx.view(ctx.shape), None, None, gw, gb, *out_params)
+
+    @staticmethod
+    def _compiled_backward(ctx, g, x, ss, z, sc, w, params):
+        """Backward with the compiled kernels: one read of ``g`` and ``x`` for ``dL/dss`` and
+        ``dL/dsc``, one pass for the input gradient and the 1×1 conv's weight gradient."""
+        bsz, c = x.shape[:2]
+        x3, g3 = x.view(bsz, c, -1), g.view(bsz, c, -1)
+        combine, n = ctx.combine, x3.shape[-1]
+        scm = torch.zeros(bsz, c, dtype=x.dtype) if sc is None else sc[..., 0].contiguous()
+        u, gsc = _kernels.scse_reduce(g3, x3, scm, ss, combine)
+        up = u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
+        gzn = torch.zeros(bsz, c, dtype=x.dtype)
+        out_params: list[torch.Tensor | None] = [None] * len(params)
+        if combine != "none":
+            gz, out_params = _tiny_grads(ctx, z, gsc.unsqueeze(-1), True, params, ctx.needs_input_grad[5:])
+            if gz is not None:
+                gzn = (gz[..., 0] / float(n)).contiguous()
+        gx, gw = _kernels.scse_grad_input(g3, x3, scm, ss, up, w, gzn, combine)
+        return (gx.view(ctx.shape), None, None, gw.view_as(w), up.sum().view(1), *out_params)

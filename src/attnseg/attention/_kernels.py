@@ -338,6 +338,114 @@ if numba is not None:
                 ggrid[b, n, 1] = giy * np.float32(0.5 * hn)
                 ggrid[b, n, 2] = giz * np.float32(0.5 * dn)
 
+    # spatial / spatial-and-channel SE; x (B, C, N); mode 0 = spatial only, 1 = add, 2 = max
+    # (the channel branch wins where x·sc > x·ss strictly, ties go to the spatial branch)
+
+    @_jit
+    def _sc_stats(x, w, s_lin, zsum):  # pragma: no cover - compiled
+        # s_lin (B, N) = Σ_c w_c x (the 1×1 conv C -> 1 without bias), zsum (B, C) = Σ_n x
+        bn, cn, nn_ = x.shape
+        for b in range(bn):
+            sb = s_lin[b]
+            for n in range(nn_):
+                sb[n] = 0.0
+            for c in range(cn):
+                xr = x[b, c]
+                wc = w[c]
+                acc = np.float32(0.0)
+                for n in range(nn_):
+                    v = xr[n]
+                    sb[n] += wc * v
+                    acc += v
+                zsum[b, c] = acc
+
+    @_jit
+    def _sc_combine(x, sc, ss, mode, y):  # pragma: no cover - compiled
+        bn, cn, nn_ = x.shape
+        for b in range(bn):
+            sb = ss[b]
+            for c in range(cn):
+                xr = x[b, c]
+                yr = y[b, c]
+                scc = sc[b, c]
+                if mode == 0:
+                    for n in range(nn_):
+                        yr[n] = xr[n] * sb[n]
+                elif mode == 1:
+                    for n in range(nn_):
+                        yr[n] = xr[n] * scc + xr[n] * sb[n]
+                else:
+                    for n in range(nn_):
+                        ch = xr[n] * scc
+                        sp = xr[n] * sb[n]
+                        yr[n] = ch if ch > sp else sp
+
+    @_jit
+    def _sc_reduce(g, x, sc, ss, mode, u, gsc):  # pragma: no cover - compiled
+        # u (B, N) = dL/dss = Σ_c g·x (where the spatial branch is used), gsc (B, C) = dL/dsc
+        bn, cn, nn_ = x.shape
+        for b in range(bn):
+            ub = u[b]
+            sb = ss[b]
+            for n in range(nn_):
+                ub[n] = 0.0
+            for c in range(cn):
+                xr = x[b, c]
+                gr = g[b, c]
+                scc = sc[b, c]
+                acc = np.float32(0.0)
+                if mode == 0:
+                    for n in range(nn_):
+                        ub[n] += gr[n] * xr[n]
+                elif mode == 1:
+                    for n in range(nn_):
+                        q = gr[n] * xr[n]
+                        ub[n] += q
+                        acc += q
+                else:
+                    for n in range(nn_):
+                        v = xr[n]
+                        q = gr[n] * v
+                        if v * scc > v * sb[n]:
+                            acc += q
+                        else:
+                            ub[n] += q
+                gsc[b, c] = acc
+
+    @_jit
+    def _sc_grad_input(g, x, sc, ss, up, w, gzn, mode, gx, gw):  # pragma: no cover - compiled
+        # gx = g·(gate) + w_c·up (through the 1×1 conv) + gzn_c (through the channel mean);
+        # gw_c = Σ_{b,n} x·up; up = dL/d(w·x + b) (B, N), gzn (B, C) = dL/dz / N
+        bn, cn, nn_ = x.shape
+        for c in range(cn):
+            gw[c] = 0.0
+        for b in range(bn):
+            ub = up[b]
+            sb = ss[b]
+            for c in range(cn):
+                xr = x[b, c]
+                gr = g[b, c]
+                gxr = gx[b, c]
+                scc = sc[b, c]
+                wc = w[c]
+                gzc = gzn[b, c]
+                acc = np.float32(0.0)
+                if mode == 0:
+                    for n in range(nn_):
+                        gxr[n] = gr[n] * sb[n] + wc * ub[n]
+                        acc += xr[n] * ub[n]
+                elif mode == 1:
+                    for n in range(nn_):
+                        gxr[n] = gr[n] * (scc + sb[n]) + wc * ub[n] + gzc
+                        acc += xr[n] * ub[n]
+                else:
+                    for n in range(nn_):
+                        v = xr[n]
+                        gate = scc if v * scc > v * sb[n] else sb[n]
+                        gxr[n] = gr[n] * gate + wc * ub[n] + gzc
+                        acc += v * ub[n]
+                gw[c] += acc
+
 def slice_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``Σ g·x`` over ``P`` and ``Q`` of ``(R, P, D, Q)`` tensors: ``(R, D)``."""
     out = torch.empty(g.shape[0], g.shape[2], dtype=g.dtype)
@@ -406,3 +514,42 @@ def transpose_last2(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty(t.shape[0], t.shape[2], t.shape[1], dtype=t.dtype)
     _transpose_last2(_np(t), out.numpy())
     return out
+
+
+SCSE_MODES = {"none": 0, "add": 1, "max": 2}
+
+
+def scse_stats(x3: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``x3`` ``(B, C, N)``: ``(Σ_c w_c·x`` ``(B, N)``, ``Σ_n x`` ``(B, C))`` in one read."""
+    s_lin = torch.empty(x3.shape[0], x3.shape[2], dtype=x3.dtype)
+    zsum = torch.empty(x3.shape[:2], dtype=x3.dtype)
+    _sc_stats(_np(x3), _np(w.contiguous()), s_lin.numpy(), zsum.numpy())
+    return s_lin, zsum
+
+
+def scse_combine(x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, combine: str) -> torch.Tensor:
+    """``x·ss`` (``none``), ``x·sc + x·ss`` (``add``) or ``max(x·sc, x·ss)`` (``max``) for ``x3``
+    ``(B, C, N)``, channel weights ``sc`` ``(B, C)`` and spatial weights ``ss`` ``(B, N)``."""
+    y = torch.empty_like(x3)
+    _sc_combine(_np(x3), _np(sc), _np(ss), SCSE_MODES[combine], y.numpy())
+    return y
+
+
+def scse_reduce(g3: torch.Tensor, x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, combine: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dL/dss`` ``(B, N)``, ``dL/dsc`` ``(B, C))`` of :func:`scse_combine` in one read of ``g3`` and ``x3``."""
+    u = torch.empty_like(ss)
+    gsc = torch.empty_like(sc)
+    _sc_reduce(_np(g3), _np(x3), _np(sc), _np(ss), SCSE_MODES[combine], u.numpy(), gsc.numpy())
+    return u, gsc
+
+
+def scse_grad_input(g3: torch.Tensor, x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, up: torch.Tensor,
+                    w: torch.Tensor, gzn: torch.Tensor, combine: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradient ``(B, C, N)`` and 1×1-conv weight gradient ``(C,)`` in one pass; ``up`` =
+    ``dL/d(w·x + b)`` ``(B, N)``, ``gzn`` = ``dL/dz / N`` ``(B, C)`` (the channel mean's share)."""
+    gx = torch.empty_like(x3)
+    gw = torch.empty(x3.shape[1], dtype=x3.dtype)
+    _sc_grad_input(_np(g3), _np(x3), _np(sc), _np(ss), _np(up), _np(w.contiguous()), _np(gzn),
+                   SCSE_MODES[combine], gx.numpy(), gw.numpy())
+    return gx, gw
