@@ -14,6 +14,10 @@ of forward+backward beyond the inputs (from the profiler's allocation events), n
   textbook form of the module spends in convolutions (attnseg applies some of them to pooled
   or projected tensors instead, e.g. ``pe``'s first 1×1 conv and ``dual``'s query/key/value).
 
+Rows marked "(PyTorch ops)" run the same module with ``ATTNSEG_NUMBA=0``, i.e. without the
+compiled CPU kernels of ``attnseg.attention._kernels`` (pam, cse, sse/scse, stn in 3D), so
+the gain of those kernels is measured side by side in the same run.
+
 Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
 channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as
 described in seed-models.md §5.3) and the straightforward vectorisation (plain autograd),
@@ -31,7 +35,9 @@ preempted by other processes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import os
 import statistics
 import sys
 import time
@@ -132,8 +138,33 @@ def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, 
             "mem_x": mem / ymem, "yard_fwdbwd_s": y_fb}
 
 
-# non-default settings with their own rows (label → registered name, keyword arguments)
-VARIANTS = {"scse (combine=max)": ("scse", {"combine": "max"})}
+# non-default settings with their own rows (label → registered name, keyword arguments,
+# environment): the PyTorch-ops rows show what the compiled kernels (attnseg.attention._kernels)
+# gain, side by side in the same run
+_TORCH_OPS = {"ATTNSEG_NUMBA": "0"}
+VARIANTS = {
+    "scse (combine=max)": ("scse", {"combine": "max"}, {}),
+    "pam (PyTorch ops)": ("pam", {}, _TORCH_OPS),
+    "cse (PyTorch ops)": ("cse", {}, _TORCH_OPS),
+    "scse (PyTorch ops)": ("scse", {}, _TORCH_OPS),
+    "scse (combine=max, PyTorch ops)": ("scse", {"combine": "max"}, _TORCH_OPS),
+    "stn (PyTorch ops)": ("stn", {}, _TORCH_OPS),
+}
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """Set environment variables for the duration of the block (restored after)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build(name: str, channels: int, dims: int, size: tuple[int, ...], **extra) -> tuple[nn.Module, bool]:
@@ -185,13 +216,14 @@ def module_table(names: list[str], repeats: int) -> None:
         base = measure(yard, (x,), yard, repeats)
         conv_r = measure(conv, (x,), yard, repeats)
         rows = [{"module": "x*w (yardstick)", **base}, {"module": "conv3 C→C", **conv_r, "vs_conv": 1.0}]
-        rows_to_run = [(n, n, {}) for n in names]
-        rows_to_run += [(label, base, kw) for label, (base, kw) in VARIANTS.items() if base in names]
-        for name, base, extra in rows_to_run:
+        rows_to_run = [(n, n, {}, {}) for n in names]
+        rows_to_run += [(label, base, kw, env) for label, (base, kw, env) in VARIANTS.items() if base in names]
+        for name, base, extra, env in rows_to_run:
             torch.manual_seed(0)
             m, gated = build(base, c, dims, size, **extra)
             args = (x, torch.randn(b, 2 * c, *[s // 2 for s in size])) if gated else (x,)
-            r = measure(m, args, yard, repeats)
+            with environment(env):
+                r = measure(m, args, yard, repeats)
             # fwd+bwd relative to one 3x3 conv measured in the same run (a conv-sized cost is not
             # comparable through the tiny yardstick: cache and page-fault effects differ)
             r["vs_conv"] = r["fwdbwd_s"] / conv_r["fwdbwd_s"]
@@ -268,8 +300,11 @@ def pam_table(repeats: int, channel_list: tuple[int, ...]) -> None:
         yard = Yardstick(c, 3)
         ours = create_attention("pam", c, 3, spatial_size=size)
         variants = {"x*w (yardstick)": yard, "loop reference-style": LoopPAM(c, size[0]),
-                    "plain vectorised": PlainPAM(ours), "attnseg pam": ours}
-        res = {k: measure(m, (x,), yard, repeats) for k, m in variants.items()}
+                    "plain vectorised": PlainPAM(ours), "attnseg pam (PyTorch ops)": ours, "attnseg pam": ours}
+        res = {}
+        for k, m in variants.items():
+            with environment(_TORCH_OPS if "PyTorch ops" in k else {}):
+                res[k] = measure(m, (x,), yard, repeats)
         loop = res["loop reference-style"]
         for k, r in res.items():
             # speed-ups through the paired yardstick ratios (robust to load drift between rows)

@@ -55,6 +55,37 @@ class _Trilinear(torch.autograd.Function):
         return gx, (None if ggrid is None else ggrid.view(gshape))
 
 
+class _Bilinear(torch.autograd.Function):
+    """2D ``grid_sample`` (bilinear, zero padding, ``align_corners=False``): PyTorch's own
+    (vectorised) forward, and a compiled backward (:mod:`attnseg.attention._kernels`) that
+    computes the corner weights once per point and then scatters/dots channel plane by
+    channel plane in the input's own layout (PyTorch's CPU backward is ~4x its forward)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, grid)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, grid = ctx.saved_tensors
+        return _kernels.bilinear_backward(x, grid, gy, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+
+
+def _compiled(x: torch.Tensor, grid: torch.Tensor) -> bool:
+    return (_kernels.applies(x, grid) and not torch.jit.is_scripting() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export())
+
+
+def grid_sample_2d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
+    for 4-D inputs, with the compiled backward for contiguous float32 CPU tensors when a
+    gradient is needed (same values up to float rounding)."""
+    if torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad) and _compiled(x, grid):
+        return _Bilinear.apply(x, grid)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
     for 5-D inputs; float32 CPU tensors take the compiled kernels (same values up to float
@@ -100,8 +131,8 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = affine_grid(self.transform(x), list(x.shape[2:]))
-        if self.mode == "bilinear" and self.spatial_dims == 3:
-            return grid_sample_3d(x, grid)
+        if self.mode == "bilinear":
+            return grid_sample_3d(x, grid) if self.spatial_dims == 3 else grid_sample_2d(x, grid)
         return F.grid_sample(x, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
 
 
