@@ -85,3 +85,31 @@ def test_anatomynet_residual_formula():
     m = create_attention("anatomynet", 4, 2).eval()
     x = torch.randn(1, 4, 6, 6)
     torch.testing.assert_close(m(x), torch.relu(x + m.se(m.conv2(m.conv1(x)))))
+
+
+@pytest.mark.parametrize("size,p", [((3, 4, 5), 2), ((7, 13, 6), 3), ((2, 9), 4), ((128, 37), 6), ((5, 5, 5), 7)])
+def test_dual_separable_pool_and_interpolation_equal_pytorch(size, p):
+    from attnseg.attention.dual import _linear_matrix, _pool_matrix, _separable
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, *size, dtype=torch.double, requires_grad=True)
+    pool = F.avg_pool3d if len(size) == 3 else F.avg_pool2d
+    pooled = _separable(x, [_pool_matrix(s, p) for s in size])
+    # PyTorch's avg_pool refuses a kernel larger than the input: such an axis is one window
+    want = pool(x, [min(p, s) for s in size], p, ceil_mode=True)
+    torch.testing.assert_close(pooled, want)
+    up = _separable(pooled, [_linear_matrix(a, b) for a, b in zip(pooled.shape[2:], size)])
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    torch.testing.assert_close(up, F.interpolate(want, size=size, mode=mode, align_corners=False))
+    g = torch.randn_like(up)
+    torch.testing.assert_close(torch.autograd.grad(up, x, g)[0],
+                               torch.autograd.grad(F.interpolate(want, size=size, mode=mode, align_corners=False),
+                                                   x, g)[0])
+
+
+def test_dual_gram_backward():
+    from attnseg.attention.dual import _Gram
+
+    f = torch.randn(2, 4, 9, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_Gram.apply, (f,))
+    torch.testing.assert_close(_Gram.apply(f), f @ f.transpose(1, 2))
