@@ -36,7 +36,7 @@ class CBAM(nn.Module):
 
     def spatial_map(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial attention ``(B, 1, *spatial)`` in (0, 1) for an input ``x``."""
-        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        pooled = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], dim=1)
         return torch.sigmoid(self.spatial(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,9 +41,9 @@ class ChannelSE(nn.Module):
             return pooled_scale(x, None, self._avg_scale, list(self.parameters()), SEMlpTiny())
         flat = x.flatten(2)
         if self.pooling == "max":
-            logits = self.mlp(flat.amax(-1))
+            logits = self.mlp(flat.max(-1).values)
         else:
-            logits = self.mlp(flat.mean(-1)) + self.mlp(flat.amax(-1))
+            logits = self.mlp(flat.mean(-1)) + self.mlp(flat.max(-1).values)
         w = torch.sigmoid(logits)
         return x * w.reshape(w.shape + (1,) * (x.dim() - 2))
 
