@@ -45,6 +45,7 @@ CASES = [
     ("cse", 3, (5, 4, 3), {}),
     ("ksca", 2, (7, 6), {}),
     ("pam-adaptive", 3, (7, 4, 5), {}),
+    ("pam-adaptive", 2, (9, 6), {"slice_axis": 1, "kernel_size": 3, "hidden": 2}),
 ]
 
 
