@@ -15,8 +15,8 @@ of forward+backward beyond the inputs (from the profiler's allocation events), n
   or projected tensors instead, e.g. ``pe``'s first 1×1 conv and ``dual``'s query/key/value).
 
 Rows marked "(PyTorch ops)" run the same module with ``ATTNSEG_NUMBA=0``, i.e. without the
-compiled CPU kernels of ``attnseg.attention._kernels`` (pam, cse, sse/scse, stn in 3D), so
-the gain of those kernels is measured side by side in the same run.
+compiled CPU kernels of ``attnseg.attention._kernels`` (used by pam, slice, cse, ksca, eca,
+sse/scse, cbam and stn), so the gain of those kernels is measured side by side in the same run.
 
 Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
 channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as

@@ -69,12 +69,15 @@ def pooled_max(x5: torch.Tensor) -> torch.Tensor:
     return x5.amax(dim=(2, 4))
 
 
+def eager() -> bool:
+    """Not being scripted, traced or exported (tracers and exporters must see plain ops)."""
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
     """The custom-backward path is used only when a gradient will be taken and we are not
     being traced or exported (tracers and exporters see the plain, equivalent ops)."""
-    if not torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
-        return False
-    if torch.onnx.is_in_onnx_export():
+    if not torch.is_grad_enabled() or not eager():
         return False
     return x.requires_grad or any(p.requires_grad for p in params)
 
@@ -124,22 +127,32 @@ def _take_graph(ctx, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return graph if graph is not None else _record_tiny(ctx.fn, z)
 
 
-def _tiny_backward(zz: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, want_z: bool,
-                   params: Sequence[torch.Tensor], needs: Sequence[bool]
-                   ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-    """Back-propagate ``grad_out`` through the recorded tiny network: ``(dL/dz or None, one
-    gradient per parameter)`` (zeros for an unused parameter that needs one, None otherwise)."""
+def graph_grads(out: torch.Tensor, grad_out: torch.Tensor, leaves: Sequence[torch.Tensor],
+                params: Sequence[torch.Tensor], needs: Sequence[bool], retain: bool = False
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Back-propagate ``grad_out`` through a small graph recorded from ``leaves`` (and module
+    parameters) to ``out``: ``(one gradient per leaf, one per parameter)``, the latter zeros
+    for an unused parameter that ``needs`` one and None where it needs none."""
     wanted = [p for p, need in zip(params, needs) if need]
-    inputs = ([zz] if want_z else []) + wanted
+    inputs = list(leaves) + wanted
     with torch.enable_grad():
-        grads = list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True)) if inputs else []
-    gz = grads.pop(0) if want_z else None
-    it = iter(grads)
+        grads = list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True, retain_graph=retain)) \
+            if inputs else []
+    it = iter(grads[len(leaves):])
     out_params: list[torch.Tensor | None] = []
     for p, need in zip(params, needs):
         gp = next(it) if need else None
         out_params.append(torch.zeros_like(p) if need and gp is None else gp)
-    return gz, out_params
+    return grads[:len(leaves)], out_params
+
+
+def _tiny_backward(zz: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor, want_z: bool,
+                   params: Sequence[torch.Tensor], needs: Sequence[bool]
+                   ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """Back-propagate ``grad_out`` through the recorded tiny network: ``(dL/dz or None, one
+    gradient per parameter)`` (see :func:`graph_grads`)."""
+    gz, out_params = graph_grads(out, grad_out, [zz] if want_z else [], params, needs)
+    return (gz[0] if want_z else None), out_params
 
 
 class ManualTiny:
@@ -251,33 +264,27 @@ class PooledScale(torch.autograd.Function):
         x, z, a, *params = ctx.saved_tensors
         b, c, pre, d, post = ctx.layout
         want_x = ctx.needs_input_grad[0]
-        if _kernels.applies(g, x):
-            # compiled: the dot in one read of g and x, the input gradient in one pass
-            g4, x4 = g.view(b * c, pre, d, post), x.view(b * c, pre, d, post)
-            ga = _kernels.slice_dot(g4, x4).view(b, c, d)
-            gz, out_params = _tiny_grads(ctx, z, ga, want_x, params, ctx.needs_input_grad[4:])
-            gx = None
-            if want_x:
-                gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
-                gx = _kernels.scale_add(g4, a.reshape(b * c, d).contiguous(), gz.reshape(b * c, d).contiguous())
-                gx = gx.view(g.shape)
-            return (gx, None, None, None, *out_params)
-        x5 = x.reshape(b, c, pre, d, post)
-        g5 = g.reshape(b, c, pre, d, post)
+        compiled = _kernels.applies(g, x)
         # dL/da[b,c,d] = Σ_{pre,post} g·x
-        if pre == 1:
-            ga = _blocked_dot(g5.reshape(b * c * d, 1, post), x5.reshape(b * c * d, 1, post)).view(b, c, d)
+        if compiled:  # one read of g and x, no product tensor
+            ga = _kernels.slice_dot(g.view(b * c, pre, d, post), x.view(b * c, pre, d, post)).view(b, c, d)
+        elif pre == 1:
+            ga = _blocked_dot(g.reshape(b * c * d, 1, post), x.reshape(b * c * d, 1, post)).view(b, c, d)
         else:
-            ga = _blocked_dot(g5.reshape(b * c, pre, d, post), x5.reshape(b * c, pre, d, post)).view(b, c, d)
+            ga = _blocked_dot(g.reshape(b * c, pre, d, post), x.reshape(b * c, pre, d, post)).view(b, c, d)
         gz, out_params = _tiny_grads(ctx, z, ga, want_x, params, ctx.needs_input_grad[4:])
         gx = None
         if want_x:
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
-            # input gradient: g·a (the multiply) + dL/dz / n (the mean), the add in place.
-            # Not torch.addcmul(gz, g, a): with a broadcast `self` it is 4-20x slower on CPU
-            # (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
-            gx = torch.mul(g, a.contiguous().view(ctx.bshape))
-            gx.add_(gz.contiguous().view(ctx.bshape))
+            # input gradient: g·a (the multiply) + dL/dz / n (the mean)
+            if compiled:  # one pass
+                gx = _kernels.scale_add(g.view(b * c, pre, d, post), a.reshape(b * c, d).contiguous(),
+                                        gz.reshape(b * c, d).contiguous()).view(g.shape)
+            else:
+                # the add in place; not torch.addcmul(gz, g, a): with a broadcast `self` it is
+                # 4-20x slower on CPU (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
+                gx = torch.mul(g, a.contiguous().view(ctx.bshape))
+                gx.add_(gz.contiguous().view(ctx.bshape))
         return (gx, None, None, None, *out_params)
 
 
@@ -321,14 +328,13 @@ class SpatialChannelScale(torch.autograd.Function):
             s_lin, zsum = _kernels.scse_stats(x3, w)
             ss = s_lin.add_(b).sigmoid_()  # (B, N)
             ctx.combine, ctx.shape = combine, x.shape
-            z = sc = None
-            scm = torch.zeros(bsz, c, dtype=x.dtype)
+            z = None
+            sc = torch.zeros(bsz, c, dtype=x.dtype)  # (B, C) channel weights (unused for "none")
             if combine != "none":
                 z = (zsum / float(x3.shape[-1])).unsqueeze(-1)
-                sc = _tiny_forward(ctx, fn, z, params)  # (B, C, 1)
-                scm = sc[..., 0].contiguous()
+                sc = _tiny_forward(ctx, fn, z, params)[..., 0].contiguous()
             ctx.save_for_backward(x, ss, None, z, sc, w, *params)
-            return _kernels.scse_combine(x3, scm, ss, combine).view(x.shape)
+            return _kernels.scse_combine(x3, sc, ss, combine).view(x.shape)
         # (B, 1, C) @ (B, C, N) as bmm on x's own layout (matmul would copy x transposed)
         ss = torch.sigmoid(torch.bmm(w.view(1, 1, c).expand(bsz, 1, c), x3) + b.view(1, 1, 1))  # (B, 1, N)
         ctx.combine, ctx.shape = combine, x.shape
@@ -392,8 +398,7 @@ class SpatialChannelScale(torch.autograd.Function):
         bsz, c = x.shape[:2]
         x3, g3 = x.view(bsz, c, -1), g.view(bsz, c, -1)
         combine, n = ctx.combine, x3.shape[-1]
-        scm = torch.zeros(bsz, c, dtype=x.dtype) if sc is None else sc[..., 0].contiguous()
-        u, gsc = _kernels.scse_reduce(g3, x3, scm, ss, combine)
+        u, gsc = _kernels.scse_reduce(g3, x3, sc, ss, combine)
         up = u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
         gzn = torch.zeros(bsz, c, dtype=x.dtype)
         out_params: list[torch.Tensor | None] = [None] * len(params)
@@ -401,5 +406,5 @@ class SpatialChannelScale(torch.autograd.Function):
             gz, out_params = _tiny_grads(ctx, z, gsc.unsqueeze(-1), True, params, ctx.needs_input_grad[5:])
             if gz is not None:
                 gzn = (gz[..., 0] / float(n)).contiguous()
-        gx, gw = _kernels.scse_grad_input(g3, x3, scm, ss, up, w, gzn, combine)
+        gx, gw = _kernels.scse_grad_input(g3, x3, sc, ss, up, w, gzn, combine)
         return (gx.view(ctx.shape), None, None, gw.view_as(w), up.sum().view(1), *out_params)

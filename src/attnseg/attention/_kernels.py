@@ -233,11 +233,12 @@ if numba is not None:
                                 dst[b, j, i] = src[b, i, j]
 
     @_jit
-    def _corners(gx, gy, gz, dn, hn, wn, cn, w, off, sx, sy, sz):  # pragma: no cover - compiled
+    def _corners(gx, gy, gz, dn, hn, wn, cn, w, off):  # pragma: no cover - compiled
         """Weights ``w[8]`` and row offsets ``off[8]`` (into the flattened channels-last input of
-        one sample) of the eight trilinear corners of the normalised point (gx, gy, gz), with the
-        signs of d w / d i{x,y,z} per corner; corners outside the volume get weight 0 and offset 0
-        (zero padding). Returns the fractional parts (fx, fy, fz) and whether any corner is inside."""
+        one sample) of the eight trilinear corners of the normalised point (gx, gy, gz); corner
+        ``k`` is (dz, dy, dx) = (k >> 2, (k >> 1) & 1, k & 1); corners outside the volume get
+        weight 0 and offset -1 (zero padding). Returns the fractional parts (fx, fy, fz) and
+        whether any corner is inside."""
         ix = ((gx + np.float32(1.0)) * wn - np.float32(1.0)) * np.float32(0.5)
         iy = ((gy + np.float32(1.0)) * hn - np.float32(1.0)) * np.float32(0.5)
         iz = ((gz + np.float32(1.0)) * dn - np.float32(1.0)) * np.float32(0.5)
@@ -256,9 +257,6 @@ if numba is not None:
                 for dx in range(2):
                     x = xi + dx
                     wx = fx if dx == 1 else np.float32(1.0) - fx
-                    sx[k] = np.float32(2 * dx - 1)
-                    sy[k] = np.float32(2 * dy - 1)
-                    sz[k] = np.float32(2 * dz - 1)
                     if 0 <= z < dn and 0 <= y < hn and 0 <= x < wn:
                         w[k] = wz * wy * wx
                         off[k] = ((z * hn + y) * wn + x) * cn
@@ -275,13 +273,10 @@ if numba is not None:
         dn, hn, wn, cn = shape
         w = np.empty(8, dtype=np.float32)
         off = np.empty(8, dtype=np.int64)
-        sx = np.empty(8, dtype=np.float32)
-        sy = np.empty(8, dtype=np.float32)
-        sz = np.empty(8, dtype=np.float32)
         for b in range(grid.shape[0]):
             xb = xf[b]
             for n in range(grid.shape[1]):
-                inside = _corners(grid[b, n, 0], grid[b, n, 1], grid[b, n, 2], dn, hn, wn, cn, w, off, sx, sy, sz)[3]
+                inside = _corners(grid[b, n, 0], grid[b, n, 1], grid[b, n, 2], dn, hn, wn, cn, w, off)[3]
                 ob = out[b, n]
                 for c in range(cn):
                     ob[c] = 0.0
@@ -300,15 +295,11 @@ if numba is not None:
         dn, hn, wn, cn = shape
         w = np.empty(8, dtype=np.float32)
         off = np.empty(8, dtype=np.int64)
-        sx = np.empty(8, dtype=np.float32)
-        sy = np.empty(8, dtype=np.float32)
-        sz = np.empty(8, dtype=np.float32)
         for b in range(grid.shape[0]):
             xb = xf[b]
             gb = gxf[b]
             for n in range(grid.shape[1]):
-                fx, fy, fz, inside = _corners(grid[b, n, 0], grid[b, n, 1], grid[b, n, 2], dn, hn, wn, cn,
-                                              w, off, sx, sy, sz)
+                fx, fy, fz, inside = _corners(grid[b, n, 0], grid[b, n, 1], grid[b, n, 2], dn, hn, wn, cn, w, off)
                 ggrid[b, n, 0] = 0.0
                 ggrid[b, n, 1] = 0.0
                 ggrid[b, n, 2] = 0.0
@@ -331,13 +322,15 @@ if numba is not None:
                         dot = np.float32(0.0)
                         for c in range(cn):
                             dot += go[c] * row[c]
-                        # corner weight = wz·wy·wx with w· = f· or 1 - f·: d/d i· is ± the other two
-                        wx = fx if sx[k] > 0 else np.float32(1.0) - fx
-                        wy = fy if sy[k] > 0 else np.float32(1.0) - fy
-                        wz = fz if sz[k] > 0 else np.float32(1.0) - fz
-                        gix += dot * sx[k] * wy * wz
-                        giy += dot * wx * sy[k] * wz
-                        giz += dot * wx * wy * sz[k]
+                        # corner weight = wz·wy·wx with w· = f· (upper) or 1 - f· (lower):
+                        # d/d i· is ± the product of the other two
+                        dz, dy, dx = k >> 2, (k >> 1) & 1, k & 1
+                        wx = fx if dx == 1 else np.float32(1.0) - fx
+                        wy = fy if dy == 1 else np.float32(1.0) - fy
+                        wz = fz if dz == 1 else np.float32(1.0) - fz
+                        gix += dot * np.float32(2 * dx - 1) * wy * wz
+                        giy += dot * wx * np.float32(2 * dy - 1) * wz
+                        giz += dot * wx * wy * np.float32(2 * dz - 1)
                 # d ix / d grid_x = W / 2 (align_corners=False), likewise for y and z
                 ggrid[b, n, 0] = gix * np.float32(0.5 * wn)
                 ggrid[b, n, 1] = giy * np.float32(0.5 * hn)

@@ -9,7 +9,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from attnseg.attention import _kernels, register_attention
-from attnseg.attention._fused import pooled_scale, use_fused
+from attnseg.attention._fused import graph_grads, pooled_scale, use_fused
 from attnseg.attention.se import ChannelSE
 from attnseg.blocks import check_spatial_dims, conv
 
@@ -52,17 +52,6 @@ class CBAM(nn.Module):
         return x
 
 
-def _grads(out: torch.Tensor, grad: torch.Tensor, leaves: list[torch.Tensor], params: list[torch.Tensor]
-           ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Back-propagate ``grad`` through a small recorded graph: gradients of ``leaves`` and of
-    the ``params`` that require one (``None`` for the others)."""
-    wanted = [p for p in params if p.requires_grad]
-    with torch.enable_grad():
-        got = list(torch.autograd.grad(out, leaves + wanted, grad, retain_graph=True))
-    it = iter(got[len(leaves):])
-    return got[:len(leaves)], [next(it) if p.requires_grad else None for p in params]
-
-
 class _CbamNode(torch.autograd.Function):
     """CBAM in training on contiguous float32 CPU tensors, through the compiled kernels of
     :mod:`attnseg.attention._kernels`: ``y = (x·t)·s`` with the intermediate ``x·t`` never
@@ -90,7 +79,8 @@ class _CbamNode(torch.autograd.Function):
         sd = s.detach().reshape(b, -1).contiguous()
         ctx.save_for_backward(x, td, sd, pidx, amx)
         ctx.graphs = (avg, mx, t, pooled, s)
-        ctx.params = (list(m.channel.parameters()), list(m.spatial.parameters()))
+        n_channel = len(list(m.channel.parameters()))
+        ctx.params = (params[:n_channel], params[n_channel:])
         return _kernels.scale2(x3, td, sd).view(x.shape)
 
     @staticmethod
@@ -103,12 +93,14 @@ class _CbamNode(torch.autograd.Function):
         out: dict[str, list[torch.Tensor | None]] = {}
 
         def spatial_grads(ds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            (gpool,), out["s"] = _grads(s, ds.view_as(s), [pooled], sparams)
+            (gpool,), out["s"] = graph_grads(s, ds.view_as(s), [pooled], sparams,
+                                             [p.requires_grad for p in sparams], retain=True)
             gpool = gpool.reshape(b, 2, -1)
             return gpool[:, 0], gpool[:, 1]
 
         def channel_grads(dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            (gavg, gmax), out["c"] = _grads(t, dt, [avg, mx], cparams)
+            (gavg, gmax), out["c"] = graph_grads(t, dt, [avg, mx], cparams, [p.requires_grad for p in cparams],
+                                                 retain=True)
             return gavg, gmax
 
         gx = _kernels.cbam_backward(g.contiguous().view(b, c, -1), x.view(b, c, -1), td, sd, pidx, amx,

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import _kernels, register_attention
-from attnseg.attention._fused import SEMlpTiny, SpatialChannelScale, pooled_scale, use_fused
+from attnseg.attention._fused import SEMlpTiny, SpatialChannelScale, eager, pooled_scale, use_fused
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -57,8 +57,7 @@ def cse(channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str =
 def _compiled_inference(x: torch.Tensor) -> bool:
     """Inference (no gradient, no tracing/export) on a tensor the compiled kernels take: the
     fused node's forward is then one read of ``x`` and one pass instead of four."""
-    return (not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export() and _kernels.applies(x))
+    return not torch.is_grad_enabled() and eager() and _kernels.applies(x)
 
 
 class SpatialSE(nn.Module):
@@ -119,7 +118,7 @@ class ConcurrentSE(nn.Module):
         if self.cse.pooling == "avg" and (use_fused(x, [w, b, *params]) or _compiled_inference(x)):
             # both branches and the combination in one autograd node (attnseg.attention._fused)
             return SpatialChannelScale.apply(x, self.combine, SEMlpTiny(), w, b, *params)
-        if not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        if not torch.is_grad_enabled() and eager():
             # inference: two full-size products combined in place (same values)
             y = self.cse(x)
             spatial = x * self.sse.spatial_map(x)

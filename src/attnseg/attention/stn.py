@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import _kernels, register_attention
+from attnseg.attention._fused import eager
 from attnseg.blocks import ConvNormAct, check_spatial_dims
 
 
@@ -72,26 +73,20 @@ class _Bilinear(torch.autograd.Function):
         return _kernels.bilinear_backward(x, grid, gy, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 
-def _compiled(x: torch.Tensor, grid: torch.Tensor) -> bool:
-    return (_kernels.applies(x, grid) and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export())
-
-
 def grid_sample_2d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
     for 4-D inputs, with the compiled backward for contiguous float32 CPU tensors when a
     gradient is needed (same values up to float rounding)."""
-    if torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad) and _compiled(x, grid):
+    if torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad) and eager() and _kernels.applies(x, grid):
         return _Bilinear.apply(x, grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
-    for 5-D inputs; float32 CPU tensors take the compiled kernels (same values up to float
-    rounding), everything else (and tracing/export) PyTorch's own."""
-    if (x.dim() == 5 and _kernels.applies(grid) and x.device.type == "cpu" and x.dtype == torch.float32
-            and not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())):
+    for 5-D inputs; contiguous float32 CPU tensors take the compiled kernels (same values up to
+    float rounding), everything else (and tracing/export) PyTorch's own."""
+    if eager() and _kernels.applies(x, grid):
         return _Trilinear.apply(x, grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
