@@ -70,14 +70,29 @@ def pooled_max(x5: torch.Tensor) -> torch.Tensor:
 
 
 def eager() -> bool:
-    """Not being scripted, traced or exported (tracers and exporters must see plain ops)."""
-    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    """Not being scripted, traced, exported or compiled (tracers, exporters and
+    ``torch.compile`` must see plain ops: they cannot look into numba kernels or custom nodes)."""
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
+
+
+def same_precision(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
+    """``x`` and ``params`` share one floating dtype and autocast is off for ``x``'s device.
+
+    The custom nodes run their forward and backward with plain ops on the tensors they are
+    given; under autocast (bf16/fp16 activations, float32 parameters) those ops would mix
+    dtypes (e.g. a bf16 × float32 matrix product in the backward, where autocast is off), so
+    mixed precision takes the plain autograd path, which autocast casts op by op."""
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    return x.is_floating_point() and all(p.dtype == x.dtype for p in params)
 
 
 def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
-    """The custom-backward path is used only when a gradient will be taken and we are not
-    being traced or exported (tracers and exporters see the plain, equivalent ops)."""
-    if not torch.is_grad_enabled() or not eager():
+    """The custom-backward path is used only when a gradient will be taken, we are not
+    being traced, exported or compiled (those see the plain, equivalent ops), and ``x`` and
+    ``params`` share one dtype outside autocast (:func:`same_precision`)."""
+    if not torch.is_grad_enabled() or not eager() or not same_precision(x, params):
         return False
     return x.requires_grad or any(p.requires_grad for p in params)
 

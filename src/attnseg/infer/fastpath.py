@@ -189,22 +189,31 @@ def _instance_norm_inplace(x: torch.Tensor, weight: torch.Tensor | None, bias: t
     b, c = x.shape[:2]
     v = x.view(b * c, -1)
     n = v.shape[1]
-    v.sub_(v.sum(1, keepdim=True).div_(n))  # centred in place: the variance below cannot cancel
-    # sum of squares block by block along the voxels (a loop over memory blocks): the block's
-    # square stays small, and torch.sum's cascade keeps float32 accurate (vector_norm's
-    # float32 accumulation is off by ~5e-5 relative at 128^3, 100x group norm's error)
     cols = max(1, (1 << 19) // v.shape[0])
-    var = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-    for j in range(0, n, cols):
-        blk = v[:, j:j + cols]
-        var += (blk * blk).sum(1)
+    if x.dtype in (torch.float32, torch.float64):
+        v.sub_(v.sum(1, keepdim=True).div_(n))  # centred in place: the variance below cannot cancel
+        # sum of squares block by block along the voxels (a loop over memory blocks): the block's
+        # square stays small, and torch.sum's cascade keeps float32 accurate (vector_norm's
+        # float32 accumulation is off by ~5e-5 relative at 128^3, 100x group norm's error)
+        var = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
+        for j in range(0, n, cols):
+            blk = v[:, j:j + cols]
+            var += (blk * blk).sum(1)
+        mean = torch.zeros_like(var)
+    else:
+        # bf16/fp16 (autocast): statistics in float32 (centring in place would round the
+        # mean to 8 bits), passed to the mixed-dtype batch norm with float32 parameters
+        mean = v.sum(1, dtype=torch.float32).div_(n)
+        var = torch.zeros(v.shape[0], dtype=torch.float32, device=v.device)
+        for j in range(0, n, cols):
+            blk = v[:, j:j + cols].float().sub_(mean[:, None])
+            var += (blk * blk).sum(1)
     var.div_(n)
-    mean = torch.zeros_like(var)
-    w = None if weight is None else weight.repeat(b)
-    bb = None if bias is None else bias.repeat(b)
+    w = None if weight is None else weight.to(mean.dtype).repeat(b)
+    bb = None if bias is None else bias.to(mean.dtype).repeat(b)
     flat = x.view(1, b * c, *x.shape[2:])
     torch.ops.aten.native_batch_norm.out(flat, w, bb, mean, var, False, 0.0, eps, out=flat,
-                                         save_mean=x.new_empty(0), save_invstd=x.new_empty(0))
+                                         save_mean=mean.new_empty(0), save_invstd=mean.new_empty(0))
     return x
 
 
