@@ -49,9 +49,22 @@ def test_resume_gives_identical_weights_lrs_and_history(tmp_path):
 
 
 _CRASH_SCRIPT = """
-import sys
+import io, os, signal, sys
+import torch
 sys.path.insert(0, {here!r})
 from _tiny import tiny_config, tiny_volumes
+# the second torch.save of this process writes half of the file, then the process is SIGKILLed
+_save, _calls = torch.save, [0]
+def _killing_save(obj, f, *a, **k):
+    _calls[0] += 1
+    if _calls[0] == 2:
+        buf = io.BytesIO()
+        _save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *a, **k)
+torch.save = _killing_save
 from attnseg.train.trainer import run_training
 resume = sys.argv[1] == "resume"
 cfg = tiny_config({out!r}, "crash", train__epochs=3)
@@ -62,7 +75,7 @@ run_training(cfg, resume=resume, volumes=(tiny_volumes(3, 0), tiny_volumes(1, 1)
 def test_sigkill_while_writing_checkpoint_keeps_previous_and_resume_continues(tmp_path):
     script = tmp_path / "crash.py"
     script.write_text(_CRASH_SCRIPT.format(here=str(HERE), out=str(tmp_path)))
-    env = {**os.environ, "ATTNSEG_TEST_KILL_IN_SAVE": "2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # save #1 = last.pt after epoch 1; save #2 (epoch 2) is killed half-way through the write
     proc = subprocess.run([sys.executable, str(script), "fresh"], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -11,10 +11,8 @@ it loads with ``torch.load(weights_only=True)``)::
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,39 +21,61 @@ import torch
 from torch import nn
 
 FORMAT = "attnseg-checkpoint"
-# Crash testing: with ATTNSEG_TEST_KILL_IN_SAVE=N the N-th save of this process writes half of
-# the file and then SIGKILLs the process (see tests/train/test_resume.py).
-_KILL_ENV = "ATTNSEG_TEST_KILL_IN_SAVE"
-_saves = 0
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, unsafe or not an attnseg checkpoint."""
 
 
+class _Writer:
+    """File object for ``torch.save`` that keeps the ``OSError`` of a failed write: PyTorch's
+    zip writer reports it only as ``RuntimeError: unexpected pos``, losing ENOSPC/EDQUOT/EFBIG."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``obj`` to ``path`` atomically: a temporary file in the same folder is written,
-    flushed to disk and renamed over ``path``, so a crash never leaves a half-written file."""
+    flushed to disk and renamed over ``path``, so a crash never leaves a half-written file.
+
+    A full disk (or quota, or file-size limit) raises
+    :class:`~attnseg.runtime.errors.DiskFullError` naming the file and the space it needs; the
+    temporary file is removed and an existing ``path`` is left as it was.
+    """
+    from attnseg.runtime.fs import check_free_space, default_file_mode, disk_full_error, is_disk_full, payload_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    global _saves
-    _saves += 1
+    needed = payload_bytes(obj)
+    check_free_space(path, needed, "checkpoint")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    writer = None
     try:
+        os.fchmod(fd, default_file_mode())  # the user's umask, not mkstemp's 0600
         with os.fdopen(fd, "wb") as fh:
-            if os.environ.get(_KILL_ENV) == str(_saves):
-                buf = io.BytesIO()
-                torch.save(obj, buf)
-                fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-                fh.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            torch.save(obj, fh)
+            writer = _Writer(fh)
+            torch.save(obj, writer)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = writer.error if writer is not None and writer.error is not None else exc
+        if is_disk_full(cause):
+            raise disk_full_error(path, needed, "checkpoint", cause) from exc
         raise
     return path
 
