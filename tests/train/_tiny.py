@@ -48,7 +48,7 @@ def write_brats(root: Path, n: int, seed: int = 0) -> Path:
 
 def tiny_config(out: Path, name: str, in_channels: int = 2, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "name": name, "output_dir": str(out), "seed": 3,
+        "name": name, "output_dir": str(out), "seed": 3, "device": "cpu",  # pinned: never the GPU of a CI host
         "model": {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 4,
                                              "features": [4, 8, 8]}},
         "task": {"kind": "brats-regions", "num_classes": 4, "in_channels": in_channels},

@@ -50,6 +50,14 @@ def _linear_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return m
 
 
+@functools.lru_cache(maxsize=256)
+def _matrix_on(kind: str, a: int, b: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_pool_matrix` (``kind="pool"``) or :func:`_linear_matrix` already on ``device`` in
+    ``dtype``: kept there, so a GPU forward does not copy the small matrix from the CPU each time."""
+    m = _pool_matrix(a, b) if kind == "pool" else _linear_matrix(a, b)
+    return m.to(device=device, dtype=dtype)
+
+
 def _separable(x: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
     """Apply one ``(out_k, in_k)`` matrix along each spatial axis ``k`` of ``x`` ``(B, C, *s)``.
 
@@ -120,7 +128,7 @@ class PositionAttention(nn.Module):
         if self.max_tokens is not None:
             p = _pool_factor(list(x.shape[2:]), self.max_tokens)
             if p > 1:  # avg_pool(kernel = stride = p, ceil_mode=True) as matrix products
-                kv = _separable(x, [_pool_matrix(int(s), p) for s in x.shape[2:]])
+                kv = _separable(x, [_matrix_on("pool", int(s), p, x.device, x.dtype) for s in x.shape[2:]])
         qx = kv if self.pool_queries else x
         q = self.query(qx).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, c')
         k = self.key(kv).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, M, c')
@@ -136,7 +144,8 @@ class PositionAttention(nn.Module):
         out = (self.gamma * out.squeeze(1)).transpose(1, 2).reshape(*qx.shape[:2], *qx.shape[2:])
         if out.shape[2:] != x.shape[2:]:
             # linear interpolation (align_corners=False) back to the input size, as matrix products
-            out = _separable(out, [_linear_matrix(int(a), int(b)) for a, b in zip(out.shape[2:], x.shape[2:])])
+            out = _separable(out, [_matrix_on("linear", int(a), int(b), out.device, out.dtype)
+                                   for a, b in zip(out.shape[2:], x.shape[2:])])
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,14 +162,25 @@ class ChannelSelfAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def attention(self, f: torch.Tensor) -> torch.Tensor:
-        """``A`` ``(B, C, C)`` for ``f`` ``(B, C, N)``."""
+        """``A`` ``(B, C, C)`` (float32) for ``f`` ``(B, C, N)``.
+
+        The energy ``F Fᵀ`` sums ``N`` products per entry: in fp16 (max 65504) a sum of squares
+        of unit-scale features overflows from about 48³ voxels on, and the softmax of ``inf −
+        inf`` is NaN. It is therefore computed in float32 whatever autocast asks for.
+        """
+        if f.dtype != torch.float32 or torch.is_autocast_enabled(f.device.type):
+            with torch.autocast(f.device.type, enabled=False):
+                f32 = f.float()
+                energy = _Gram.apply(f32) if use_fused(f32, ()) else f32 @ f32.transpose(1, 2)
+                return torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
         energy = _Gram.apply(f) if use_fused(f, ()) else f @ f.transpose(1, 2)
         return torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """``x + γ·A X`` (plus ``extra``, a tensor of ``x``'s shape, added in the same pass)."""
         f = x.flatten(2)  # (B, C, N)
-        a = self.gamma * self.attention(f)
+        a = (self.gamma * self.attention(f)).to(f.dtype if not torch.is_autocast_enabled(f.device.type) else
+                                               torch.get_autocast_dtype(f.device.type))
         if extra is None:
             # x + (γ·A) X in one pass over the full-size tensors (γ scales the C×C matrix)
             return torch.baddbmm(f, a, f).view(x.shape)

@@ -119,16 +119,29 @@ class SpatialTransformer(nn.Module):
             self.fc2.bias.copy_(torch.eye(n, n + 1).flatten())
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Affine matrices ``(B, n, n+1)`` predicted from ``x``."""
+        """Affine matrices ``(B, n, n+1)`` (float32) predicted from ``x``.
+
+        The localisation convolutions follow autocast; the two small linear layers run in
+        float32: a half-precision ``theta`` near the identity is rounded to 2⁻¹¹ (fp16) or 2⁻⁸
+        (bf16) of the volume's half-width, i.e. up to ~0.25 voxel at 64 voxels in bf16.
+        """
         f = self.loc(x).flatten(2).mean(-1)
         n = self.spatial_dims
-        return self.fc2(F.relu(self.fc1(f))).view(-1, n, n + 1)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc2(F.relu(self.fc1(f.float()))).view(-1, n, n + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = affine_grid(self.transform(x), list(x.shape[2:]))
-        if self.mode == "bilinear":
-            return grid_sample_3d(x, grid) if self.spatial_dims == 3 else grid_sample_2d(x, grid)
-        return F.grid_sample(x, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+        theta = self.transform(x)
+        # the sampling grid and the interpolation in float32 whatever autocast asks for (half-
+        # precision coordinates misplace samples by a fraction of a voxel); the output keeps x's dtype
+        with torch.autocast(x.device.type, enabled=False):
+            xf = x.float()
+            grid = affine_grid(theta, list(x.shape[2:]))
+            if self.mode == "bilinear":
+                y = grid_sample_3d(xf, grid) if self.spatial_dims == 3 else grid_sample_2d(xf, grid)
+            else:
+                y = F.grid_sample(xf, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+        return y.to(x.dtype)
 
 
 @register_attention("stn", family="spatial", aliases=("spatial-transformer",),

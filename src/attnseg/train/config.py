@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "num_classes": 4,
         "in_channels": 4,
         "channel_names": None,  # e.g. [t1, t1ce, t2, flair]; None = the reader's default
+        "label_names": None,  # {class: name} for logs, metrics.csv and reports; None = from the dataset
     },
     "data": {
         "root": None,
@@ -41,7 +42,9 @@ DEFAULTS: dict[str, Any] = {
         "train_cases": None,  # explicit case ids (lists) override the split
         "val_cases": None,
         "use_all_for_training": False,  # --trainset: train on every case, validate on the split anyway
-        "patch_size": [128, 128, 128],
+        "patch_size": [128, 128, 128],  # two values: a 2-D model trained on slices (see slice_axis)
+        "slice_axis": None,  # 2-D/2.5-D on volumes: axial | coronal | sagittal | all; None = axial if 2-D
+        "context": 0,  # 2.5-D: slices z-k..z+k of every modality as input channels (k = context)
         "batch_size": 1,  # per process
         "workers": 0,
         "foreground_fraction": 0.33,  # fraction of patches centred on a foreground voxel
@@ -56,10 +59,12 @@ DEFAULTS: dict[str, Any] = {
                       "nesterov": True, "betas": [0.9, 0.999]},
         "schedule": {"name": "warmup_cosine", "warmup_epochs": 5, "flat_epochs": 35, "min_lr_ratio": 1e-3,
                      "step_epochs": 10, "gamma": 0.1, "power": 0.9, "patience": 100, "factor": 0.1},
-        "precision": "fp32",  # fp32 | bf16 | fp16 | mixed (bf16 on CPU, fp16 + GradScaler on CUDA)
+        # auto (fp32 on CPU; CUDA: bf16 where native, else fp16 + GradScaler) | fp32 | bf16 | fp16 |
+        # mixed (bf16 on CPU, fp16 + GradScaler on CUDA)
+        "precision": "auto",
         "grad_clip": None,  # max global grad norm, None = off
         "fastpath": True,  # CPU fast paths (oneDNN conv3d, channels_last_3d, allocator thresholds)
-        "deterministic": True,
+        "deterministic": "auto",  # auto: true on CPU (free), false on CUDA (cudnn.benchmark); true | false
         "checkpoint_interval": 1,  # write last.pt every N epochs (and at every validation)
         "stop_after_epochs": None,  # stop early after this many epochs in this process (tests, jobs)
         "max_minutes": None,  # wall-clock budget of this process; the epoch that exceeds it is the last
@@ -81,15 +86,18 @@ DEFAULTS: dict[str, Any] = {
         "blend": "constant",
         "hd95": False,
         "max_cases": None,
-        "precision": "fp32",
+        "precision": "auto",  # auto: bf16 on a CUDA GPU with native bf16, else fp32 | fp32 | bf16
     },
+    "plan": {},  # what `attnseg plan` derived and why (information only; free-form)
     "log": {"interval": 10, "tensorboard": True, "curves": True, "progress": "auto"},
-    "distributed": {"backend": "auto"},  # auto: nccl on CUDA, gloo on CPU
+    # backend auto: cpu:gloo,cuda:nccl on CUDA, gloo on CPU; find_unused_parameters auto: probe one step
+    "distributed": {"backend": "auto", "find_unused_parameters": "auto"},
 }
 
 # keys whose value is a free-form dict (not checked against DEFAULTS)
 FREE_KEYS = {("model", "kwargs"), ("data", "augmentation"), ("data", "preprocess"), ("loss", "kwargs"),
-             ("loss", "prior", "kwargs"), ("loss", "deep_supervision", "weights")}
+             ("loss", "prior", "kwargs"), ("loss", "deep_supervision", "weights"), ("plan",),
+             ("task", "label_names")}
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -139,15 +147,29 @@ def parse_value(text: str) -> Any:
     return val
 
 
-def set_by_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    """``set_by_path(cfg, "train.optimizer.lr", 3e-4)``; creates intermediate dicts."""
+def set_by_path(cfg: dict[str, Any], dotted: str, value: Any, merge: bool = False) -> None:
+    """``set_by_path(cfg, "train.optimizer.lr", 3e-4)``; creates intermediate dicts.
+
+    ``merge``: a dict ``value`` is merged into an existing dict (recursively) instead of
+    replacing it, so ``--set model.kwargs={features: [8, 16]}`` keeps the other kwargs.
+    """
     keys = dotted.split(".")
     node = cfg
     for k in keys[:-1]:
         if not isinstance(node.get(k), dict):
             node[k] = {}
         node = node[k]
+    old = node.get(keys[-1])
+    if merge and isinstance(value, dict) and isinstance(old, dict):
+        value = _merge_all(old, value)
     node[keys[-1]] = value
+
+
+def _merge_all(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge_all(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def get_by_path(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -160,13 +182,14 @@ def get_by_path(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings (as given to ``--set``)."""
+    """Apply ``key.path=value`` strings (as given to ``--set``); a mapping value is merged into
+    the existing mapping (nested keys merge; give ``key.path=null`` first to clear one)."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key.path=value, got {item!r}")
         key, val = item.split("=", 1)
-        set_by_path(cfg, key.strip(), parse_value(val))
+        set_by_path(cfg, key.strip(), parse_value(val), merge=True)
     return cfg
 
 
@@ -188,21 +211,59 @@ def resolve_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = cfg or {}
     _check_keys(cfg, DEFAULTS)
     out = deep_merge(DEFAULTS, cfg)
+    # the default warm-up + flat phase (5 + 35 epochs) must not block short runs: when the config
+    # does not set them and they exceed the epochs, they keep their shares of 100 epochs
+    sch, given = out["train"]["schedule"], get_by_path(cfg, "train.schedule", {}) or {}
+    epochs = int(out["train"]["epochs"])
+    if sch.get("name") == "warmup_cosine" and not ({"warmup_epochs", "flat_epochs"} & set(given)) and \
+            float(sch["warmup_epochs"]) + float(sch["flat_epochs"]) > epochs:
+        share = epochs / 100.0
+        sch["warmup_epochs"] = round(float(DEFAULTS["train"]["schedule"]["warmup_epochs"]) * share, 6)
+        sch["flat_epochs"] = round(float(DEFAULTS["train"]["schedule"]["flat_epochs"]) * share, 6)
     d = out["data"]
     if isinstance(d["patch_size"], int):
         d["patch_size"] = [d["patch_size"]] * 3
     d["patch_size"] = [int(v) for v in d["patch_size"]]
+    _resolve_slicing(d)
     if out["validation"]["roi_size"] is None:
         out["validation"]["roi_size"] = list(d["patch_size"])
     kind = out["task"]["kind"]
     if kind not in ("brats-regions", "classes"):
         raise ValueError(f"task.kind must be 'brats-regions' or 'classes', got {kind!r}")
     prec = out["train"]["precision"]
-    if prec not in ("fp32", "bf16", "fp16", "mixed"):
-        raise ValueError(f"train.precision must be fp32, bf16, fp16 or mixed, got {prec!r}")
+    if prec not in ("auto", "fp32", "bf16", "fp16", "mixed"):
+        raise ValueError(f"train.precision must be auto, fp32, bf16, fp16 or mixed, got {prec!r}")
+    if out["validation"]["precision"] not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"validation.precision must be auto, fp32 or bf16, got {out['validation']['precision']!r}")
+    if out["train"]["deterministic"] not in ("auto", True, False):
+        raise ValueError(f"train.deterministic must be auto, true or false, got {out['train']['deterministic']!r}")
     if int(d["batch_size"]) < 1:
         raise ValueError("data.batch_size must be >= 1")
     return out
+
+
+def _resolve_slicing(d: dict[str, Any]) -> None:
+    """2-D models on volumes: ``patch_size`` with two values or a ``slice_axis`` selects slices
+    (axial by default); a 3-value patch with a slice axis keeps its two in-plane values."""
+    from attnseg.data.slices import in_plane, parse_slice_axis
+
+    if len(d["patch_size"]) not in (2, 3):
+        raise ValueError(f"data.patch_size must have 2 (2-D slices) or 3 values, got {d['patch_size']}")
+    if d.get("slice_axis") is None and len(d["patch_size"]) == 3:
+        if int(d.get("context") or 0):
+            raise ValueError("data.context (2.5-D) needs a 2-D model: give data.patch_size two values "
+                             "or set data.slice_axis")
+        return
+    axis = parse_slice_axis("axial" if d.get("slice_axis") is None else d["slice_axis"])
+    if len(d["patch_size"]) == 3:
+        ps = d["patch_size"]
+        if axis == "all" and len(set(ps)) != 1:
+            raise ValueError(f"data.slice_axis all needs a 2-value (in-plane) data.patch_size, got {ps}")
+        d["patch_size"] = ps[:2] if axis == "all" else in_plane(ps, axis)
+    d["slice_axis"] = "all" if axis == "all" else ["sagittal", "coronal", "axial"][axis]
+    d["context"] = int(d.get("context") or 0)
+    if d["context"] < 0:
+        raise ValueError(f"data.context must be >= 0, got {d['context']}")
 
 
 def dump_yaml(cfg: dict[str, Any]) -> str:

@@ -34,7 +34,33 @@ from torch import nn
 
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
-from attnseg.train.data import EpochPlan, MemoryCache, Volume, patch_dataset, preprocess_config, region_target
+from attnseg.train.data import (
+    EpochPlan,
+    MemoryCache,
+    Volume,
+    model_kwargs,
+    patch_dataset,
+    preprocess_config,
+    region_target,
+)
+from attnseg.train.distributed import (
+    DistInfo,
+    EpochTagged,
+    EpochTaggedBatches,
+    all_digests,
+    all_reduce_sum,
+    any_rank,
+    configure_determinism,
+    deterministic_for,
+    inference_precision,
+    pick_device,
+    resolve_precision,
+    restore_determinism,
+    rng_state,
+    set_rng_state,
+    setup_distributed,
+    unused_parameters,
+)
 from attnseg.train.losses import build_training_loss
 from attnseg.train.schedules import PlateauSchedule, build_optimizer, build_schedule
 
@@ -59,81 +85,13 @@ class RunResult:
 # process set-up
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+_Dist = DistInfo  # the trainer's name for it
 
 
-def _setup_distributed(cfg: dict[str, Any], device: torch.device) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    if not dist.is_initialized():
-        backend = cfg["distributed"]["backend"]
-        if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _pick_device(spec: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
-        return torch.device(f"cuda:{local}")
-    return torch.device(spec)
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
+def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def rng_state() -> dict[str, Any]:
-    """Global RNG states as tensors/lists (loadable with ``weights_only=True``)."""
-    py = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def weight_digest(model: nn.Module) -> str:
-    """SHA-1 of every parameter and buffer (bit-exact fingerprint of the weights)."""
-    h = hashlib.sha1()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _env_info(device: torch.device, world: int) -> dict[str, Any]:
@@ -189,11 +147,13 @@ def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) ->
 
 
 def validation_scores(output: torch.Tensor, label: np.ndarray, kind: str, activated: str | None,
-                      hd95: bool = False, spacing: Sequence[float] | None = None) -> dict[str, float]:
+                      hd95: bool = False, spacing: Sequence[float] | None = None,
+                      label_names: dict[Any, str] | None = None) -> dict[str, float]:
     """Per-case scores from whole-volume model output ``(1, C, *sp)`` and the class map ``label``.
 
     ``brats-regions``: Dice (and HD95) of ET, TC, WT from the per-channel sigmoid ≥ 0.5 (the
-    last three channels are ET, TC, WT); ``classes``: per foreground class from the argmax.
+    last three channels are ET, TC, WT); ``classes``: per foreground class from the argmax,
+    keyed by ``label_names[class]`` (spaces → ``_``) where given, else the class number.
     ``activated`` says whether the model already applied ``"sigmoid"``/``"softmax"``.
     """
     out = output[0].float()
@@ -209,12 +169,18 @@ def validation_scores(output: torch.Tensor, label: np.ndarray, kind: str, activa
         k = out.shape[0]
         pred = torch.stack([cls == c for c in range(1, k)])
         ref = torch.stack([lab == c for c in range(1, k)])
-        names = tuple(str(c) for c in range(1, k))
+        names = tuple(class_key(c, label_names) for c in range(1, k))
     for i, name in enumerate(names):
         scores[f"dice_{name}"] = _dice(pred[i], ref[i])
         if hd95:
             scores[f"hd95_{name}"] = _hd95(pred[i].numpy(), ref[i].numpy(), spacing)
     return scores
+
+
+def class_key(value: int, label_names: dict[Any, str] | None) -> str:
+    """Column name of class ``value``: its label name (whitespace → ``_``) or the number."""
+    names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    return "_".join(names[value].split()) if value in names else str(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +284,7 @@ class RunFolder:
             for h in (self._handler, self._stream):
                 LOG.removeHandler(h)
                 h.close()
+            self._handler = None
 
 
 def _num(v: str) -> Any:
@@ -334,19 +301,6 @@ def _isnum(v: Any) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # the run
-
-
-def _precision(spec: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler)."""
-    if spec == "mixed":
-        spec = "fp16" if device.type == "cuda" else "bf16"
-    if spec == "bf16":
-        return torch.bfloat16, False
-    if spec == "fp16":
-        if device.type != "cuda":
-            raise ValueError("fp16 autocast needs CUDA; use precision bf16 (or --mixed) on CPU")
-        return torch.float16, True
-    return None, False
 
 
 def _as_dict(out: Any) -> dict[str, torch.Tensor]:
@@ -383,12 +337,13 @@ def run_training(config: dict[str, Any], resume: str | os.PathLike | bool | None
     Under ``torchrun`` (``WORLD_SIZE > 1``) it runs DistributedDataParallel on every rank.
     """
     cfg = resolve_config(config)
-    device = _pick_device(cfg["device"])
+    device = pick_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.set_device(device)
     own_group = not dist.is_initialized()
-    dd = _setup_distributed(cfg, device)
+    dd = setup_distributed(cfg["distributed"]["backend"], device)
     own_group = own_group and dist.is_initialized()
+    flags = configure_determinism(deterministic_for(cfg["train"]["deterministic"], device), device)
     try:
         result = _run(cfg, device, dd, resume, volumes)
         if own_group:
@@ -397,6 +352,7 @@ def run_training(config: dict[str, Any], resume: str | os.PathLike | bool | None
             dist.barrier()
         return result
     finally:
+        restore_determinism(flags)
         if own_group:
             dist.destroy_process_group()
 
@@ -404,7 +360,7 @@ def run_training(config: dict[str, Any], resume: str | os.PathLike | bool | None
 def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.PathLike | bool | None,
          volumes: tuple[Sequence[Volume], Sequence[Volume]] | None) -> RunResult:
     tr = cfg["train"]
-    _seed_everything(int(cfg["seed"]), bool(tr["deterministic"]))
+    _seed_everything(int(cfg["seed"]))
     fast = bool(tr["fastpath"]) and device.type == "cpu"
     if fast:
         _fastpath().enable_cpu_fastpaths()
@@ -415,6 +371,7 @@ def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.
         ckpt = load_checkpoint(ckpt_path)
     elif (run_dir / "checkpoints" / "last.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; resume it with --resume or choose another --name")
+    new_folder = not run_dir.exists()
     folder = RunFolder(run_dir, dd.main, cfg)
     if dd.main:
         LOG.setLevel(logging.INFO)
@@ -423,6 +380,20 @@ def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.
         (run_dir / "env.json").write_text(json.dumps(_env_info(device, dd.world), indent=2) + "\n")
     try:
         return _train(cfg, device, dd, fast, folder, ckpt, volumes)
+    except BaseException as exc:
+        if dd.main:
+            if isinstance(exc, KeyboardInterrupt):
+                LOG.info("interrupted by the user (Ctrl-C)")
+            else:
+                LOG.error("training failed: %s: %s", type(exc).__name__, exc)
+        folder.close()
+        # a run that failed before its first checkpoint leaves nothing behind (no empty run folder)
+        if dd.main and new_folder and not isinstance(exc, KeyboardInterrupt) and \
+                not any((run_dir / "checkpoints").glob("*.pt")):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         folder.close()
 
@@ -455,7 +426,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     iters = tr["iterations_per_epoch"] or math.ceil(n_train / global_batch)
     iters, epochs = int(iters), int(tr["epochs"])
     dataset = patch_dataset(train_cache, dcfg["patch_size"], iters * global_batch, dcfg["foreground_fraction"],
-                            dcfg["augmentation"], int(cfg["seed"]), train_idx)
+                            dcfg["augmentation"], int(cfg["seed"]), train_idx, dcfg.get("slice_axis"),
+                            int(dcfg.get("context") or 0))
     plan = EpochPlan(dataset, iters, int(dcfg["batch_size"]), dd.rank, dd.world)
     # ---- model
     from attnseg.models import create_model
@@ -463,17 +435,18 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     _import_plugins(cfg["model"]["imports"])
     from attnseg.data.dataset import worker_init_fn
 
-    model = create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]).to(device)
+    model = create_model(cfg["model"]["name"], **model_kwargs(cfg)).to(device)
     if fast:
         model = _fastpath().prepare_model(model, _spatial_dims(model))
     raw = model
-    if dd.world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     criterion = build_training_loss(cfg["loss"], kind).to(device)
+    amp_dtype, use_scaler = resolve_precision(tr["precision"], device)
+    if dd.world > 1:
+        unused = _find_unused(cfg, raw, criterion, dataset, device, fast, amp_dtype, dd)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
     schedule = build_schedule(optimizer, tr["schedule"], iters, epochs)
-    amp_dtype, use_scaler = _precision(tr["precision"], device)
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and dd.main and \
             not _fastpath().onednn_bf16_supported():
         LOG.warning("bf16 autocast on a CPU without native bf16 convolutions (no AVX-512 BF16/AMX): "
@@ -487,7 +460,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         schedule.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], device)
         start_epoch, iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
         best, best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
         folder.load_rows(start_epoch)
@@ -504,26 +477,26 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     digests: list[str] = []
     budget_s = None if tr.get("max_minutes") is None else float(tr["max_minutes"]) * 60.0
     t_start = time.perf_counter()
+    # one loader for the whole run: persistent workers keep their processes (and the patch
+    # pipeline's state) between epochs; the epoch travels with every index (EpochTagged)
+    batches = EpochTaggedBatches(plan)
+    workers = int(dcfg["workers"])
+    loader = torch.utils.data.DataLoader(EpochTagged(dataset), batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+                                         persistent_workers=workers > 0,
+                                         prefetch_factor=int(dcfg.get("prefetch", 2)) if workers > 0 else None)
+    log_every = max(int(cfg["log"]["interval"]), 1)
+    guard = _NonFiniteMonitor(dd.main)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
-        plan.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan, num_workers=int(dcfg["workers"]),
-                                             pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+        batches.set_epoch(epoch)
         model.train()
         sums: dict[str, torch.Tensor] = {}
         progress.start(epoch, epochs, iters)
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            lab = batch["label"].to(device, non_blocking=True)
-            if fast:
-                x = _fastpath().prepare_input(x)
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-            with ctx:
-                outputs = _as_dict(model(x))
-            out_ch = outputs["out"].shape[1]
-            target = region_target(lab, out_ch) if kind == "brats-regions" else lab
-            wt = (lab > 0).float().unsqueeze(1)
-            loss, parts = criterion(outputs, target, wt)
+        for step, batch in enumerate(loader, 1):
+            loss, parts, n_batch = _forward_loss(model, criterion, batch, device, fast, amp_dtype, kind)
+            # NaN/Inf guard: one call site per step (the fault-handling guard of issue #20 belongs here)
+            guard.observe(loss)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -540,8 +513,12 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
             parts = {"loss": loss.detach(), **parts}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
-            progress.update(loss.item(), schedule.get_last_lr()[0], x.shape[0] * dd.world)
-            if folder.tb is not None and iteration % max(int(cfg["log"]["interval"]), 1) == 0:
+            # host syncs (loss.item(), the guard's check) only at the log interval
+            at_log = iteration % log_every == 0 or step == iters
+            if at_log:
+                guard.check(epoch + 1, iteration, scaler, dd)
+            progress.update(loss, schedule.get_last_lr()[0], n_batch * dd.world, at_log)
+            if folder.tb is not None and iteration % log_every == 0:
                 folder.tb.add_scalar("train/loss_iter", loss.item(), iteration)
                 folder.tb.add_scalar("train/lr", schedule.get_last_lr()[0], iteration)
         progress.close()
@@ -549,7 +526,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         for k, v in _reduce_mean(sums, iters, dd).items():
             row["train_loss" if k == "loss" else f"train_loss_{k}"] = v
         # a wall-clock budget ends the run after this epoch (validated and checkpointed like the last one)
-        out_of_time = budget_s is not None and _any_rank(time.perf_counter() - t_start >= budget_s, dd, device)
+        out_of_time = budget_s is not None and any_rank(time.perf_counter() - t_start >= budget_s, dd)
         if out_of_time:
             end_epoch = epoch + 1
             if dd.main:
@@ -573,14 +550,14 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         if dd.main:
             LOG.info(" ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
         last_epoch = epoch + 1 == end_epoch
-        digests = _all_digests(raw, dd) if last_epoch else []
+        digests = all_digests(raw, dd) if last_epoch else []
         if (epoch + 1) % max(int(tr["checkpoint_interval"]), 1) == 0 or do_val or last_epoch:
             if dd.main:
                 ck = model_checkpoint(
-                    cfg["model"]["name"], cfg["model"]["kwargs"], _cpu_state(raw),
+                    cfg["model"]["name"], model_kwargs(cfg), _cpu_state(raw),
                     optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(),
                     scaler=scaler.state_dict() if scaler is not None else {}, epoch=epoch + 1, iteration=iteration,
-                    rng=rng_state(), data_state={"plan": "epoch-plan", "seed": int(cfg["seed"]),
+                    rng=rng_state(device), data_state={"plan": "epoch-plan", "seed": int(cfg["seed"]),
                                                  "next_epoch": epoch + 1},
                     config=cfg, task=_task_dict(cfg), best_metric=best, best_epoch=best_epoch,
                     metric=metric_key, world_size=dd.world, rank_weight_digests=digests)
@@ -592,7 +569,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         if out_of_time:
             break
     if not digests:  # nothing left to train (resumed a finished run)
-        digests = _all_digests(raw, dd)
+        digests = all_digests(raw, dd)
     if dd.main and len(set(digests)) > 1:
         LOG.warning("weights differ between ranks: %s", digests)
     progress.finish()
@@ -601,15 +578,6 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _any_rank(flag: bool, dd: _Dist, device: torch.device) -> bool:
-    """True when ``flag`` holds on any rank (ranks must stop at the same epoch)."""
-    if dd.world <= 1:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -622,8 +590,10 @@ def _task_dict(cfg: dict[str, Any]) -> dict[str, Any]:
             "channel_names": list(t["channel_names"] or []),
             "label_convention": "brats" if t["kind"] == "brats-regions" else "plain",
             "patch_size": list(d["patch_size"]), "spacing": (d["preprocess"] or {}).get("target_spacing"),
+            "slice_axis": d.get("slice_axis"), "context": int(d.get("context") or 0),
             "preprocess": preprocess_config(d["preprocess"]).to_json(),
-            "regions": list(REGIONS) if t["kind"] == "brats-regions" else None}
+            "regions": list(REGIONS) if t["kind"] == "brats-regions" else None,
+            "label_names": {int(k): str(v) for k, v in (t.get("label_names") or {}).items()} or None}
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> None:
@@ -631,23 +601,93 @@ def _clip(model: nn.Module, max_norm: float | None) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(max_norm))
 
 
+def _forward_loss(model: nn.Module, criterion: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                  fast: bool, amp_dtype: torch.dtype | None,
+                  kind: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Forward (under autocast when asked) and loss (fp32) of one batch: ``(loss, parts, batch size)``."""
+    x = batch["image"].to(device, non_blocking=True)
+    lab = batch["label"].to(device, non_blocking=True)
+    if fast:
+        x = _fastpath().prepare_input(x)
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    with ctx:
+        outputs = _as_dict(model(x))
+    out_ch = outputs["out"].shape[1]
+    target = region_target(lab, out_ch) if kind == "brats-regions" else lab
+    wt = (lab > 0).float().unsqueeze(1)
+    loss, parts = criterion(outputs, target, wt)
+    return loss, parts, int(x.shape[0])
+
+
+def _find_unused(cfg: dict[str, Any], model: nn.Module, criterion: nn.Module, dataset: Any, device: torch.device,
+                 fast: bool, amp_dtype: torch.dtype | None, dd: _Dist) -> bool:
+    """DDP's ``find_unused_parameters``: ``distributed.find_unused_parameters`` when set, else
+    (``auto``) whether one probe step (first training sample, RNG and buffers put back) leaves
+    a parameter without gradient. The flag costs a graph traversal every iteration."""
+    spec = cfg["distributed"].get("find_unused_parameters", "auto")
+    if spec != "auto":
+        return bool(spec)
+    batch = torch.utils.data.default_collate([dataset[0]])
+    names = unused_parameters(model, lambda: _forward_loss(model, criterion, batch, device, fast, amp_dtype,
+                                                           cfg["task"]["kind"])[0])
+    found = any_rank(bool(names), dd)
+    if found and dd.main:
+        LOG.info("%d parameter tensor(s) get no gradient (%s%s): DDP runs with find_unused_parameters",
+                 len(names), ", ".join(names[:3]), ", ..." if len(names) > 3 else "")
+    return found
+
+
+# consecutive non-finite steps after which training stops (a GradScaler halves its scale at
+# each; a healthy fp16 run skips a few steps at the start while the scale settles)
+NONFINITE_STREAK_LIMIT = 50
+
+
+class _NonFiniteMonitor:
+    """Counts non-finite losses on the device (no host sync per step); :meth:`check` (at the log
+    interval, on every rank together) warns about skipped steps and stops a run whose loss has
+    stayed non-finite for :data:`NONFINITE_STREAK_LIMIT` steps, instead of letting a GradScaler
+    skip every step forever without a word."""
+
+    def __init__(self, main: bool) -> None:
+        self.main = main
+        self.streak: torch.Tensor | None = None
+        self.bad: torch.Tensor | None = None
+        self.reported = 0
+
+    def observe(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach())
+        if self.streak is None:
+            self.streak = torch.zeros((), dtype=torch.int64, device=loss.device)
+            self.bad = torch.zeros((), dtype=torch.int64, device=loss.device)
+        self.streak = torch.where(finite, torch.zeros_like(self.streak), self.streak + 1)
+        self.bad = self.bad + (~finite).to(torch.int64)
+
+    def check(self, epoch: int, iteration: int, scaler: Any, dd: _Dist) -> None:
+        if self.streak is None:
+            return
+        vec = all_reduce_sum(torch.stack([self.streak, self.bad]).to(torch.float64), dd) if dd.world > 1 else \
+            torch.stack([self.streak, self.bad]).cpu()
+        streak, bad = int(vec[0]), int(vec[1])
+        if bad > self.reported and self.main:
+            extra = f"; GradScaler scale {scaler.get_scale():.3g}" if scaler is not None else ""
+            LOG.warning("non-finite loss in %d step(s) so far (epoch %d, iteration %d)%s", bad, epoch, iteration, extra)
+        self.reported = bad
+        if streak >= NONFINITE_STREAK_LIMIT:
+            raise FloatingPointError(
+                f"the loss has been NaN/Inf for {streak} consecutive steps (epoch {epoch}, iteration {iteration}): "
+                f"training stopped; the last checkpoint holds the state before it (try precision fp32/bf16, "
+                f"a lower learning rate or train.grad_clip)")
+
+
 def _reduce_mean(sums: dict[str, torch.Tensor], count: int, dd: _Dist) -> dict[str, float]:
+    """Mean over iterations and ranks of per-iteration sums (one all-reduce on the backend's device)."""
     if not sums:
         return {}
     keys = sorted(sums)
-    vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).cpu() for k in keys])
-    if dd.world > 1:
-        dist.all_reduce(vec)
+    vec = torch.stack([torch.as_tensor(sums[k]).detach().to(dd.reduce_device, torch.float64).reshape(())
+                       for k in keys])
+    vec = all_reduce_sum(vec, dd)
     return {k: float(v) / (count * dd.world) for k, v in zip(keys, vec)}
-
-
-def _all_digests(model: nn.Module, dd: _Dist) -> list[str]:
-    d = weight_digest(model)
-    if dd.world == 1:
-        return [d]
-    out: list[Any] = [None] * dd.world
-    dist.all_gather_object(out, d)
-    return [str(x) for x in out]
 
 
 @torch.no_grad()
@@ -656,20 +696,29 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
     vcfg, kind = cfg["validation"], cfg["task"]["kind"]
     was_training = model.training
     model.eval()
-    amp = vcfg["precision"] == "bf16"
+    amp = inference_precision(vcfg["precision"], device) == "bf16"
     activated = getattr(model, "eval_activation", None)
 
     from attnseg.infer.sliding_window import SlidingWindowInferer
 
     nd = next(iter(vols)).image.ndim - 1 if vols else 3
-    inferer = SlidingWindowInferer(list(vcfg["roi_size"])[-nd:], overlap=float(vcfg["overlap"]),
-                                   sw_batch_size=int(vcfg["sw_batch_size"]), blend=vcfg["blend"],
-                                   precision="bf16" if amp else "fp32", channels_last=fast)
+    if cfg["data"].get("slice_axis") is not None:  # 2-D/2.5-D model: every slice of the volume
+        from attnseg.infer.slicewise import slice_inferer
+
+        inferer = slice_inferer(list(vcfg["roi_size"]), cfg["data"]["slice_axis"], int(cfg["data"]["context"]),
+                                activation=None if activated else ("softmax" if kind == "classes" else "sigmoid"),
+                                overlap=float(vcfg["overlap"]), blend=vcfg["blend"],
+                                precision="bf16" if amp else "fp32", channels_last=fast)
+    else:
+        inferer = SlidingWindowInferer(list(vcfg["roi_size"])[-nd:], overlap=float(vcfg["overlap"]),
+                                       sw_batch_size=int(vcfg["sw_batch_size"]), blend=vcfg["blend"],
+                                       precision="bf16" if amp else "fp32", channels_last=fast)
     sums: dict[str, float] = {}
     for vol in vols[: vcfg["max_cases"] or None]:
         x = torch.from_numpy(np.asarray(vol.image, dtype=np.float32))[None].to(device)
         y = inferer(x, model)
-        for k, v in validation_scores(y.cpu(), vol.label, kind, activated, bool(vcfg["hd95"]), vol.spacing).items():
+        for k, v in validation_scores(y.cpu(), vol.label, kind, activated, bool(vcfg["hd95"]), vol.spacing,
+                                      cfg["task"].get("label_names")).items():
             sums[k] = sums.get(k, 0.0) + v
         sums["_n"] = sums.get("_n", 0.0) + 1
     model.train(was_training)
@@ -679,9 +728,8 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
         names: list[Any] = [None] * dd.world
         dist.all_gather_object(names, keys)
         keys = sorted({k for ks in names for k in ks})
-    vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [sums.get("_n", 0.0)], dtype=torch.float64)
-    if dd.world > 1:
-        dist.all_reduce(vec)
+    vec = all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in keys] + [sums.get("_n", 0.0)],
+                                      dtype=torch.float64), dd)
     n = float(vec[-1])
     if n == 0:
         return {}
@@ -718,6 +766,9 @@ def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[Any, list[int], list[Vol
         return cache
 
     cache = cache_for(d["root"])
+    names = cache.cases[0].extra.get("label_names") if cache.cases else None
+    if not task.get("label_names") and names and task["kind"] == "classes":
+        task["label_names"] = {int(k): str(v) for k, v in names.items()}  # dataset.json's names
     ids = [c.case_id for c in cache.cases]
     if d["train_cases"] is not None:
         train_ids, val_ids = list(d["train_cases"]), list(d["val_cases"] or [])
@@ -754,18 +805,24 @@ class _Progress:
 
             self.bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
-    def update(self, loss: float, lr: float, samples: int) -> None:
+    def update(self, loss: torch.Tensor | float, lr: float, samples: int, at_log: bool = True) -> None:
+        """One iteration done; ``loss`` is read (a host sync on a GPU) only when ``at_log``."""
         if not self.enabled:
             return
         self.i += 1
         self.samples += samples
+        if not at_log:
+            if self.bar is not None:
+                self.bar.update(1)
+            return
         rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
+            self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
             self.bar.update(1)
-        elif self.i % self.interval == 0 or self.i == self.iters:
+        else:
             LOG.info("epoch %d/%d it %d/%d loss %.4f lr %.3e %.2f samples/s", self.epoch + 1, self.epochs, self.i,
-                     self.iters, loss, lr, rate)
+                     self.iters, value, lr, rate)
 
     def close(self) -> None:
         if self.bar is not None:
