@@ -28,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     p.add_argument("--sw-batch", type=int, default=1, help="windows per network call")
     p.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian")
+    p.add_argument("--slice-axis", default=None, choices=["axial", "coronal", "sagittal", "all"],
+                   help="2-D models: slice direction (default: the checkpoint's; all = average of the three "
+                        "orthogonal predictions)")
+    p.add_argument("--slice-batch", type=int, default=16, help="2-D models: slices per network call")
     p.add_argument("--resume", action="store_true", help="skip cases whose output already exists")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--labels", default=None, choices=["brats2020", "brats2023", "plain"],
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.checkpoint, arch=args.arch, source=args.source, device=args.device,
                                roi_size=roi, overlap=args.overlap, sw_batch_size=args.sw_batch, tta=args.tta,
                                precision=args.precision, blend=args.blend, fastpath=not args.no_fastpath,
-                               malloc_tuning=not args.no_malloc_tuning)
+                               malloc_tuning=not args.no_malloc_tuning, slice_axis=args.slice_axis,
+                               slice_batch=args.slice_batch)
     pp = predictor.postprocess
     if args.reference_postprocess:
         pp = PostprocessConfig.reference()

@@ -1,7 +1,8 @@
 """``attnseg train``: train a model from a YAML config, with overrides and the reference tools' flags.
 
-Precedence (lowest first): built-in defaults → ``--config`` file (and its ``base:`` chain) →
-explicit flags / reference aliases → ``--set key.path=value`` items. See docs/training.md.
+Precedence (lowest first): built-in defaults → ``--config`` file (and its ``base:`` chain), or,
+without a config, the plan ``attnseg plan`` derives from ``--data`` → explicit flags / reference
+aliases → ``--set key.path=value`` items (mappings merge). See docs/training.md and docs/data.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dataset layout: auto, brats, nnunet, malc, hvsmr, folder; the AMIS values "
                         "SingleBratsTumor18, MALC, HVSMR are accepted [AMIS --dataset_mode]")
     g.add_argument("--model", help="registered model name (model.name), e.g. panet, unet3d")
+    g.add_argument("--attention", help="attention module of the model (model.kwargs.attention), e.g. pam-adaptive")
+    g.add_argument("--memory-gb", dest="memory_gb", type=float,
+                   help="memory budget of the plan made from --data when no --config is given")
+    g.add_argument("--no-plan", action="store_true",
+                   help="without --config: start from the built-in defaults instead of planning from --data")
     g.add_argument("--in_channels", "--in-channels", dest="in_channels", type=int,
                    help="input channels (task.in_channels and the model's input width)")
     g.add_argument("--out_channels", "--out-channels", "--num-classes", dest="out_channels", type=int,
@@ -48,7 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--iterations", type=int, help="iterations per epoch")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="patches per process")
-    g.add_argument("--patch-size", dest="patch_size", type=int, nargs="+", help="training patch size")
+    g.add_argument("--patch-size", dest="patch_size", type=int, nargs="+",
+                   help="training patch size; two values train a 2-D model on slices of the volumes")
+    g.add_argument("--slice-axis", dest="slice_axis", choices=["axial", "coronal", "sagittal", "all"],
+                   help="train a 2-D model on slices along this axis (all: a random axis per sample)")
+    g.add_argument("--context", type=int,
+                   help="2.5-D: feed slices z-k..z+k of every modality as input channels (k = CONTEXT)")
     g.add_argument("--lr", "--init_learningrate", dest="lr", type=float, help="base learning rate")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16", "mixed"])
     g.add_argument("--seed", type=int)
@@ -107,16 +118,23 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     cfg: dict[str, Any] = {}
     if args.config:
         cfg = load_yaml(args.config)
-    elif resume and resume != "last":
+    elif resume:
         path = resume
+        if resume == "last":  # the run named by --name/--output-dir (documented: --resume --name X)
+            from attnseg.train.config import DEFAULTS
+
+            path = os.path.join(args.output_dir or DEFAULTS["output_dir"], args.name or DEFAULTS["name"])
         if os.path.isdir(path):
             path = os.path.join(path, "checkpoints", "last.pt")
         ckpt = load_checkpoint(path)
         if "config" not in ckpt:
             raise ValueError(f"{path}: checkpoint holds no training config; pass --config")
         cfg = ckpt["config"]
+        resume = path
+    elif args.dataroot and not args.no_plan:
+        cfg = plan_config(args)
     elif not args.print_config and not args.dataroot and not args.overrides:
-        raise ValueError("give --config FILE (see configs/), or --resume CKPT, or at least --dataroot")
+        raise ValueError("give --data DIR (planned from the data), --config FILE (see configs/) or --resume CKPT")
 
     def put(key: str, value: Any) -> None:
         if value is not None:
@@ -130,6 +148,7 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         put("data.layout", layout)
         put("task.kind", kind)
     put("model.name", args.model)
+    put("model.kwargs.attention", args.attention)
     model_name = cfg.get("model", {}).get("name", "panet-brats")
     in_key, out_key = _model_width_keys(model_name) if (args.in_channels or args.out_channels) else (None, None)
     if args.in_channels:
@@ -146,6 +165,13 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     if args.patch_size:
         ps = args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size
         put("data.patch_size", list(ps))
+    put("data.slice_axis", args.slice_axis)
+    put("data.context", args.context)
+    if (args.patch_size and len(args.patch_size) == 2) or args.slice_axis:
+        # a 2-D model was asked for on the command line: it wins over a config's (or plan's) 3-D one
+        kw = cfg.get("model", {}).get("kwargs") or {}
+        if "spatial_dims" in kw:
+            put("model.kwargs.spatial_dims", 2)
     put("train.optimizer.lr", args.lr)
     put("train.precision", "mixed" if args.mixed else args.precision)
     put("seed", args.seed)
@@ -164,6 +190,30 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             put("device", "cuda")
     cfg = apply_overrides(cfg, args.overrides)
     return cfg, resume
+
+
+def plan_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config ``attnseg plan`` derives from ``--data`` (printed as a table, rank 0 only)."""
+    from attnseg.data.plan import plan_dataset
+
+    layout = DATASET_MODES.get(args.layout.lower(), (args.layout, None))[0] if args.layout else "auto"
+    model = args.model or "unet"
+    plan = plan_dataset(args.dataroot, layout, args.memory_gb, model=model,
+                        device="cpu" if str(args.device or "auto") == "cpu" else "auto")
+    if int(os.environ.get("RANK", "0")) == 0 and not args.print_config:
+        from attnseg.cli.plan import print_plan
+
+        print_plan(plan)
+    cfg = plan["config"]
+    kw, task = cfg["model"]["kwargs"], cfg["task"]
+    in_key, out_key = _model_width_keys(model)
+    if in_key:  # models the plan has no widths for still get the data's channels and classes
+        kw.setdefault(in_key, task["in_channels"])
+    if out_key:
+        kw.setdefault(out_key, task["num_classes"])
+    if args.name is None:
+        cfg["name"] = cfg["name"] + (f"-{args.attention}" if args.attention else "")
+    return cfg
 
 
 def _torchrun_argv(argv: list[str], n: int) -> list[str]:
@@ -201,7 +251,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from attnseg.train.trainer import run_training
 
-    result = run_training(resolved, resume=resume)
+    try:
+        result = run_training(resolved, resume=resume)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir = os.path.join(resolved["output_dir"], resolved["name"])
+            last = os.path.join(run_dir, "checkpoints", "last.pt")
+            if os.path.isfile(last):
+                print(f"\ninterrupted; the last checkpoint is {last}. Continue with:\n"
+                      f"  attnseg train --resume {run_dir}", file=sys.stderr)
+            else:
+                print("\ninterrupted before the first checkpoint; nothing to resume. Start again with the same "
+                      "command.", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         best = "n/a" if result.best_metric is None else f"{result.best_metric:.4f} (epoch {result.best_epoch})"
         print(f"run folder: {result.run_dir}  best {resolved['validation']['metric']}: {best}")

@@ -23,6 +23,9 @@ from torch import nn
 
 from attnseg.infer.postprocess import PostprocessConfig, postprocess
 from attnseg.infer.sliding_window import SlidingWindowInferer
+from attnseg.runtime.fs import disk_full_error, is_disk_full, remove_stale_temp_files
+from attnseg.runtime.lock import FolderLock
+from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
 
 __all__ = ["PredictResult", "Predictor", "check_output_dir", "list_input_cases", "load_predictor", "predict_cases"]
 
@@ -48,7 +51,7 @@ class Predictor:
 
     model: nn.Module
     task: dict[str, Any]
-    inferer: SlidingWindowInferer
+    inferer: SlidingWindowInferer  # or a slicewise.SliceInferer (2-D models on volumes): same call
     postprocess: PostprocessConfig
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     spatial_dims: int = 3
@@ -79,13 +82,18 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
                    device: str = "cpu", roi_size: Sequence[int] | int | None = None, overlap: float = 0.5,
                    sw_batch_size: int = 1, tta: bool = False, precision: str = "fp32", blend: str = "gaussian",
                    postprocess_config: PostprocessConfig | None = None, fastpath: bool = True,
-                   malloc_tuning: bool = True) -> Predictor:
+                   malloc_tuning: bool = True, slice_axis: int | str | None = None,
+                   slice_batch: int = 16) -> Predictor:
     """Load an attnseg checkpoint, or a reference checkpoint through the converter registry.
 
     ``source``: converter name (``panet-reference``, ``amis-reference``); by default attnseg
     checkpoints are recognised by their ``format`` key, a dict with ``net`` is taken for a PANet
     reference checkpoint and a bare state dict for an AMIS one (``arch`` names the preset).
     ``malloc_tuning``: keep large freed blocks in the heap (less kernel time, more peak memory).
+    A 2-D model segments 3-D volumes slice by slice (:mod:`attnseg.infer.slicewise`) along the
+    checkpoint's slice axis with its 2.5-D context (axial, none for checkpoints without them);
+    ``slice_axis`` overrides the axis (``"all"``: average of the three orthogonal directions),
+    ``slice_batch`` slices go through the network at once; ``roi_size`` is then in-plane.
     """
     from attnseg.train.checkpoint import build_model_from_checkpoint, load_checkpoint
 
@@ -142,9 +150,20 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     pp = postprocess_config or PostprocessConfig(kind=kind, **{k: v for k, v in (task.get("postprocess") or {}).items()
                                                                if k in PostprocessConfig.__dataclass_fields__})
     pp.kind = kind
-    inferer = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=sw_batch_size, blend=blend,
-                                   mirror_axes=tuple(range(nd)) if tta else None, precision=precision,
-                                   device="cpu")
+    if nd == 2:  # a 2-D model on volumes: every slice (2.5-D: with its neighbours as channels)
+        from attnseg.infer.slicewise import slice_inferer
+
+        axis = slice_axis if slice_axis is not None else (task.get("slice_axis") or "axial")
+        inferer: Any = slice_inferer(roi, axis, int(task.get("context") or 0), slice_batch=slice_batch,
+                                     activation="sigmoid" if kind == "brats-regions" else "softmax",
+                                     overlap=overlap, blend=blend, mirror_axes=(0, 1) if tta else None,
+                                     precision=precision, device="cpu")
+    elif slice_axis is not None:
+        raise ValueError(f"{checkpoint}: --slice-axis applies to 2-D models; this checkpoint holds a 3-D model")
+    else:
+        inferer = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=sw_batch_size, blend=blend,
+                                       mirror_axes=tuple(range(nd)) if tta else None, precision=precision,
+                                       device="cpu")
     return Predictor(model=model, task=task, inferer=inferer, postprocess=pp, device=dev, spatial_dims=nd)
 
 
@@ -218,16 +237,32 @@ def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_di
     ``save_probs`` also ``<case_id>_probs.nii.gz`` (float32, channels on the 4th axis). A case
     that fails is reported and skipped; ``resume`` skips cases whose output exists.
     """
-    from attnseg.data.io import save_image
-    from attnseg.data.labels import classes_to_brats
-    from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
-
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     inp, out_dir = Path(input_path), Path(output_dir)
     check_output_dir(out_dir, [inp])
     names = channels or predictor.task.get("channel_names") or None
     cases = list_input_cases(inp, layout, names if (inp.is_dir() and names) else None)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # one prediction process per output folder; a lock left by a killed run is taken over
+    with FolderLock(out_dir, "prediction") as lock:
+        if lock.taken_over is not None:
+            log(f"attnseg: {lock.describe_takeover()}")
+        return _predict_locked(predictor, cases, out_dir, save_probs=save_probs, resume=resume,
+                               label_convention=label_convention, log=log)
+
+
+# temporary files of save_image (temp file + rename) that a killed process may leave behind
+_TEMP_PATTERNS = (".tmp_*.nii.gz", ".tmp_*.nii")
+
+
+def _predict_locked(predictor: Predictor, cases: Sequence[Any], out_dir: Path, *, save_probs: bool, resume: bool,
+                    label_convention: str | None, log: Callable[[str], None]) -> list[PredictResult]:
+    from attnseg.data.io import save_image
+    from attnseg.data.labels import classes_to_brats
+    from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
+    stale = remove_stale_temp_files(out_dir, _TEMP_PATTERNS)
+    if stale:
+        log(f"attnseg: removed {len(stale)} partial file(s) of an interrupted run: {', '.join(p.name for p in stale)}")
     pcfg_dict = dict(predictor.task.get("preprocess") or {})
     pcfg = PreprocessConfig(**{k: v for k, v in pcfg_dict.items()
                                if k in PreprocessConfig.__dataclass_fields__ and k != "label_mapping"})
@@ -240,6 +275,7 @@ def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_di
             results.append(PredictResult(case.case_id, "skipped", target))
             continue
         t0 = time.perf_counter()
+        writing: tuple[Path, int] | None = None
         try:
             data = _load_image(case)
             conv = _label_convention(case, predictor.task, label_convention)
@@ -248,6 +284,7 @@ def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_di
             pp_out = postprocess(logits.numpy(), predictor.postprocess)
             classes = restore_prediction(pp_out, prep["meta"], fill=0)
             labels = classes_to_brats(classes, conv) if conv.startswith("brats") else classes
+            writing = (target, labels.size * 2 + 352)  # at most int16 voxels + the NIfTI header
             save_image(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int16), data["affine"], target,
                        header=data["header"])
             if save_probs:
@@ -255,6 +292,7 @@ def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_di
                 inside = np.zeros(probs.shape[1:], dtype=bool)
                 inside[tuple(slice(a, b) for a, b in zip(prep["meta"]["crop_lo"], prep["meta"]["crop_hi"]))] = True
                 probs[0][~inside] = 1.0  # outside the cropped region: background for sure
+                writing = (out_dir / f"{case.case_id}_probs.nii.gz", probs.size * 4 + 352)
                 save_image(np.moveaxis(probs.astype(np.float32), 0, -1), data["affine"],
                            out_dir / f"{case.case_id}_probs.nii.gz", header=data["header"])
             dt = time.perf_counter() - t0
@@ -262,6 +300,31 @@ def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_di
             results.append(PredictResult(case.case_id, "ok", target, dt))
         except Exception as exc:  # one bad case must not stop the others
             dt = time.perf_counter() - t0
-            log(f"{tag}: FAILED: {exc}")
-            results.append(PredictResult(case.case_id, "failed", None, dt, str(exc)))
+            if is_disk_full(exc) and writing is not None:
+                # every following case would fail the same way: stop; --resume continues later
+                raise disk_full_error(writing[0], writing[1], "prediction", exc) from exc
+            msg = str(exc)
+            if is_out_of_memory(exc):
+                del exc  # its traceback holds the failed case's tensors
+                msg = out_of_memory_message(
+                    RuntimeError(msg), "sliding-window inference", roi=_roi(predictor),
+                    sw_batch=predictor.inferer.sw_batch_size, tta=bool(predictor.inferer.mirror_axes),
+                    device=predictor.device)
+                _release_memory(predictor.device)
+            log(f"{tag}: FAILED: {msg}")
+            results.append(PredictResult(case.case_id, "failed", None, dt, msg))
     return results
+
+
+def _roi(predictor: Predictor) -> list[int]:
+    roi = predictor.inferer.roi_size
+    return [int(roi)] * predictor.spatial_dims if isinstance(roi, int) else [int(r) for r in roi]
+
+
+def _release_memory(device: torch.device) -> None:
+    """Give back what a failed case held before the next one starts."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

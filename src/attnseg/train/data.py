@@ -108,13 +108,51 @@ def augment_config(cfg: dict[str, Any] | str | None) -> AugmentConfig:
 
 def patch_dataset(cache: Any, patch_size: Sequence[int], samples_per_epoch: int, foreground_fraction: float,
                   augmentation: dict[str, Any] | str | None, seed: int,
-                  case_indices: Sequence[int] | None = None) -> PatchDataset:
-    """The data package's :class:`~attnseg.data.dataset.PatchDataset` with the training settings."""
+                  case_indices: Sequence[int] | None = None, slice_axis: int | str | None = None,
+                  context: int = 0) -> PatchDataset:
+    """The data package's :class:`~attnseg.data.dataset.PatchDataset` with the training settings;
+    with a ``slice_axis`` the 2-D/2.5-D :class:`~attnseg.data.slices.SliceDataset`."""
     from attnseg.data.dataset import PatchDataset
 
-    return PatchDataset(cache, list(patch_size), samples_per_epoch=samples_per_epoch,
-                        fg_fraction=float(foreground_fraction), augment=augment_config(augmentation),
-                        seed=int(seed), case_indices=case_indices)
+    kw = dict(samples_per_epoch=samples_per_epoch, fg_fraction=float(foreground_fraction),
+              augment=augment_config(augmentation), seed=int(seed), case_indices=case_indices)
+    if slice_axis is not None:
+        from attnseg.data.slices import SliceDataset
+
+        return SliceDataset(cache, list(patch_size), axis=slice_axis, context=int(context), **kw)
+    return PatchDataset(cache, list(patch_size), **kw)
+
+
+def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs the model of a resolved config is built with: ``model.kwargs``, plus for 2-D
+    models on volumes (``data.slice_axis`` set) ``spatial_dims=2`` and, in 2.5-D, input channels
+    ``task.in_channels · (2·context + 1)``."""
+    kw = dict(cfg["model"]["kwargs"])
+    d, name = cfg["data"], cfg["model"]["name"]
+    if d.get("slice_axis") is None:
+        return kw
+    from attnseg.models import get_model_entry
+
+    try:
+        entry = get_model_entry(name)
+    except KeyError:
+        return kw  # unknown names fail with the registry's message when the model is built
+    if 2 not in entry.dims:
+        raise ValueError(f"model {name!r} is 3-D only, but data.patch_size {d['patch_size']} / data.slice_axis "
+                         f"{d['slice_axis']!r} ask for a 2-D model; use a 2-D capable model (attnseg models)")
+    if int(kw.get("spatial_dims", 2)) != 2:
+        raise ValueError(f"model.kwargs.spatial_dims={kw['spatial_dims']} but data.patch_size {d['patch_size']} "
+                         f"(2-D slices) needs a 2-D model: drop model.kwargs.spatial_dims or set it to 2")
+    kw["spatial_dims"] = 2
+    k = int(d.get("context") or 0)
+    if k:
+        ch = int(cfg["task"]["in_channels"])
+        given = kw.get("in_channels")
+        if given is not None and int(given) not in (ch, ch * (2 * k + 1)):
+            raise ValueError(f"model.kwargs.in_channels={given} fits neither task.in_channels={ch} nor the 2.5-D "
+                             f"input of {ch}x{2 * k + 1}={ch * (2 * k + 1)} channels (data.context={k})")
+        kw["in_channels"] = ch * (2 * k + 1)
+    return kw
 
 
 class EpochPlan(Sampler):
