@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "zoo",
     "convert",
     "data",
+    "plan",
     "train",
     "predict",
     "evaluate",
@@ -57,10 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from attnseg.runtime.errors import FaultError
+
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, KeyError, FaultError) as exc:
+        # user errors and faults of the environment (disk full, folder locked, ...): one clear line, no traceback
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"attnseg {args.command}: error: {msg}", file=sys.stderr)
         return 1

@@ -23,8 +23,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from attnseg.runtime.errors import FaultError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(FaultError):
     """Training stopped after too many consecutive non-finite steps."""
 
 
