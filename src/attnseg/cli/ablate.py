@@ -13,7 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "data split, evaluate, and write a Markdown model-zoo table. Finished "
                                    "cells are skipped (resumable).")
     p.add_argument("--config", required=True, help="training config (YAML) shared by every cell")
-    p.add_argument("--backbones", required=True, help="comma-separated model names, e.g. unet,vnet")
+    p.add_argument("--backbones", required=True,
+                   help="comma-separated model names, e.g. unet,vnet; 2-D rows on slices of the same volumes: "
+                        "unet-2d, unet-2.5d (k=2 neighbouring slices), deeplabv3plus-2d")
     p.add_argument("--attention", required=True, help="comma-separated attention names; 'none' = without")
     p.add_argument("--budget-minutes", type=float, default=None, help="training time per cell")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell (results averaged)")
@@ -27,18 +29,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attnseg.attention import get_attention
-    from attnseg.experiments.ablate import run_ablation
+    from attnseg.experiments.ablate import backbone_model, run_ablation
     from attnseg.models import get_model_entry
     from attnseg.train.config import apply_overrides, load_yaml
 
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     attentions = [a.strip() for a in args.attention.split(",") if a.strip()]
+    cfg = apply_overrides(load_yaml(args.config), args.overrides)
     for b in backbones:
-        get_model_entry(b)  # unknown names fail before any training
+        get_model_entry(backbone_model(cfg, b))  # unknown names fail before any training
     for a in attentions:
         if a != "none":
             get_attention(a)
-    cfg = apply_overrides(load_yaml(args.config), args.overrides)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     path = run_ablation(cfg, backbones, attentions, args.out, budget_minutes=args.budget_minutes,
                         seeds=args.seeds, devices=devices, command="attnseg " + shlex.join(sys.argv[1:]))

@@ -12,6 +12,14 @@ The config is a training config (see docs/training.md) with an optional ``ablate
       backbone_kwargs: {unet: {features: [8, 16, 32, 64]}, vnet: {...}}   # per backbone
       attention_kwargs: {pam: {form: adaptive}}                            # per attention
       attention_at: [encoder, decoder]                                     # sites (default: backbone's)
+      variants: {unet-2.5d-k1: {model: unet, data: {slice_axis: axial, context: 1}}}  # extra 2-D rows
+
+2-D and 2.5-D rows sit next to the 3-D backbones: a *variant* name (built in: :data:`VARIANTS`,
+or the config's ``ablate.variants``) is a registered 2-D capable model plus data settings. It
+trains on slices of the same volumes, with the in-plane part of the 3-D ``data.patch_size``,
+and validates on the same whole volumes (slice by slice), so its Dice is comparable. Its
+kwargs come from ``backbone_kwargs[<variant>]``, else ``backbone_kwargs[<model>]`` (without
+``spatial_dims``: the variant makes the model 2-D).
 """
 
 from __future__ import annotations
@@ -29,6 +37,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# 2-D / 2.5-D rows: variant name -> registered model and the data settings that make it 2-D
+VARIANTS: dict[str, dict[str, Any]] = {
+    "unet-2d": {"model": "unet", "data": {"slice_axis": "axial"}},
+    "unet-2.5d": {"model": "unet", "data": {"slice_axis": "axial", "context": 2}},
+    "deeplabv3plus-2d": {"model": "deeplabv3plus", "data": {"slice_axis": "axial"}},
+}
+
+
+def variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Built-in :data:`VARIANTS` updated with the config's ``ablate.variants``."""
+    extra = ((config.get("ablate") or {}).get("variants")) or {}
+    for name, v in extra.items():
+        if not isinstance(v, dict) or "model" not in v:
+            raise ValueError(f"ablate.variants.{name}: needs a 'model' (a registered model name) and optional 'data'")
+    return {**VARIANTS, **extra}
+
+
+def backbone_model(config: dict[str, Any], backbone: str) -> str:
+    """The registered model a backbone (or 2-D variant) name of the ablation trains."""
+    v = variants(config).get(backbone)
+    return str(v["model"]) if v else backbone
 
 
 @dataclass(frozen=True)
@@ -49,10 +79,19 @@ def _log(msg: str) -> None:
 def cell_config(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: float | None) -> dict[str, Any]:
     """The training config of one cell: the base config with the backbone, its attention and seed."""
     cfg = copy.deepcopy(base)
+    variant = variants(cfg).get(cell.backbone)
     ab = cfg.pop("ablate", {}) or {}
     model = cfg.setdefault("model", {})
     kwargs = dict(model.get("kwargs") or {})
-    kwargs.update((ab.get("backbone_kwargs") or {}).get(cell.backbone, {}))
+    per_backbone = ab.get("backbone_kwargs") or {}
+    if variant is not None:  # a 2-D row: the model's kwargs without its 3-D setting, and slices
+        kwargs.update(per_backbone.get(cell.backbone, per_backbone.get(variant["model"], {})))
+        kwargs.pop("spatial_dims", None)
+        data = cfg.setdefault("data", {})
+        data.update(copy.deepcopy(variant.get("data") or {}))
+        data.setdefault("slice_axis", "axial")
+    else:
+        kwargs.update(per_backbone.get(cell.backbone, {}))
     if cell.attention != "none":
         kwargs["attention"] = cell.attention
         att_kw = (ab.get("attention_kwargs") or {}).get(cell.attention)
@@ -60,7 +99,7 @@ def cell_config(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes:
             kwargs["attention_kwargs"] = dict(att_kw)
         if ab.get("attention_at"):
             kwargs["attention_at"] = list(ab["attention_at"])
-    model["name"], model["kwargs"] = cell.backbone, kwargs
+    model["name"], model["kwargs"] = (variant["model"] if variant else cell.backbone), kwargs
     cfg["seed"] = cell.seed
     cfg["name"] = cell.name
     cfg["output_dir"] = str(out_dir / "runs")
@@ -87,6 +126,8 @@ def run_cell(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: fl
     """Train and evaluate one cell; writes and returns its result record."""
     from attnseg.models import count_parameters, create_model
     from attnseg.train import run_training
+    from attnseg.train.config import resolve_config
+    from attnseg.train.data import model_kwargs
 
     cfg = cell_config(base, cell, out_dir, budget_minutes)
     if device:
@@ -97,7 +138,7 @@ def run_cell(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: fl
     res = run_training(cfg, resume=True if last.exists() else None)
     seconds = time.perf_counter() - t0
     scores = _last_validation(run_dir)
-    params = count_parameters(create_model(cfg["model"]["name"], **cfg["model"]["kwargs"]))
+    params = count_parameters(create_model(cfg["model"]["name"], **model_kwargs(resolve_config(cfg))))
     record = {"backbone": cell.backbone, "attention": cell.attention, "seed": cell.seed,
               "params": params, "train_seconds": round(seconds, 1), "epochs": res.epochs_done,
               "iterations": res.iterations, "scores": scores, "run_dir": str(run_dir)}
