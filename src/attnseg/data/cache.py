@@ -1,16 +1,23 @@
 """On-disk cache of preprocessed cases as uncompressed ``.npy`` files, memory-mapped on read,
 so that an epoch never decodes ``.nii.gz`` again.
 
-Layout: ``<cache_dir>/<case_id>/{image.npy, label.npy, fg.npy, meta.json}``. ``meta.json`` is
-written last and records every source file's size and modification time plus the
-preprocessing configuration; an entry whose sources or configuration changed is rebuilt.
+Layout: ``<cache_dir>/<case_id>/{image.npy, label.npy, fg.npy, meta.json}``. An entry is built
+in a temporary folder and renamed into place whole. ``meta.json`` is its manifest: every
+source file's size and modification time, the preprocessing configuration, and the size and
+BLAKE2 checksums (whole file, and first + last 64 KiB) of each ``.npy``. Before an entry is
+used it is checked (sizes and the quick checksum; ``verify="full"`` reads every byte); an
+entry that is missing, truncated, altered, or built from other sources or another
+preprocessing configuration is rebuilt and the reason recorded in :attr:`CaseCache.rebuilt`
+and logged (logger ``attnseg.data.cache``), never used as it is.
 ``fg.npy`` holds up to ``fg_samples`` voxel coordinates per foreground class (rows
 ``(class, x, y, z)``) for foreground-oversampled patch sampling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -24,7 +31,32 @@ from attnseg.data.errors import DataError
 from attnseg.data.preprocess import PreprocessConfig, preprocess_case
 from attnseg.data.readers import Case, load_case
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records the size and checksums of every array file
+LOG = logging.getLogger("attnseg.data.cache")
+_EDGE = 1 << 16  # bytes hashed at each end of a file by the quick check
+
+
+def _digests(path: Path) -> dict[str, Any]:
+    """Size, BLAKE2b of the whole file and of its first + last 64 KiB (the quick check)."""
+    size = path.stat().st_size
+    full, quick = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            full.update(chunk)
+        fh.seek(0)
+        quick.update(fh.read(_EDGE))
+        fh.seek(max(size - _EDGE, 0))
+        quick.update(fh.read(_EDGE))
+    return {"size": size, "blake2b": full.hexdigest(), "quick": quick.hexdigest()}
+
+
+def _quick_digest(path: Path, size: int) -> str:
+    quick = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        quick.update(fh.read(_EDGE))
+        fh.seek(max(size - _EDGE, 0))
+        quick.update(fh.read(_EDGE))
+    return quick.hexdigest()
 
 
 @dataclass
@@ -105,6 +137,7 @@ class CaseCache:
         self.config = config or PreprocessConfig()
         self.fg_samples = int(fg_samples)
         self._open: dict[int, CachedCase] = {}
+        self.rebuilt: dict[str, str] = {}  # case id -> why its existing entry was rebuilt
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -117,16 +150,46 @@ class CaseCache:
         return {"version": CACHE_VERSION, "sources": _source_stamp(c.files), "config": self.config.to_json(),
                 "label_convention": c.label_convention, "fg_samples": self.fg_samples}
 
-    def is_fresh(self, i: int) -> bool:
-        """Whether entry ``i`` exists and matches its sources and the configuration."""
-        meta_path = self.entry_dir(i) / "meta.json"
+    def problem(self, i: int, verify: str = "quick") -> str | None:
+        """Why entry ``i`` cannot be used as it is (None: it can).
+
+        ``verify``: ``"quick"`` checks sizes and the first/last 64 KiB of each array file,
+        ``"full"`` the checksum of every byte.
+        """
+        d = self.entry_dir(i)
+        meta_path = d / "meta.json"
         if not meta_path.is_file():
-            return False
+            return "missing metadata (meta.json)" if d.exists() else "not built yet"
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        return meta.get("key") == self._key(i)
+        except (OSError, json.JSONDecodeError) as exc:
+            return f"unreadable meta.json ({exc})"
+        old, key = meta.get("key") or {}, self._key(i)
+        if old.get("version") != key["version"]:
+            return f"cache format version {old.get('version')} (this attnseg writes {key['version']})"
+        if old.get("config") != key["config"]:
+            return "built with another preprocessing configuration"
+        if old != key:
+            return "its source files changed"
+        for name, want in (meta.get("files") or {}).items():
+            f = d / name
+            if not f.is_file():
+                return f"{name} is missing"
+            size = f.stat().st_size
+            if size != want["size"]:
+                return f"{name} is truncated or altered ({size} bytes, manifest says {want['size']})"
+            if verify == "full":
+                if _digests(f)["blake2b"] != want["blake2b"]:
+                    return f"{name} does not match its checksum"
+            elif _quick_digest(f, size) != want["quick"]:
+                return f"{name} does not match its checksum"
+        if not meta.get("files"):
+            return "meta.json lists no array files"
+        return None
+
+    def is_fresh(self, i: int) -> bool:
+        """Whether entry ``i`` exists, is intact and matches its sources and the configuration."""
+        return self.problem(i) is None
 
     def build(self, i: int) -> None:
         """(Re)build entry ``i`` from the source files."""
@@ -147,15 +210,24 @@ class CaseCache:
         meta["key"] = key
         meta["channels"] = c.channels
         meta["has_label"] = out["label"] is not None
+        meta["files"] = {f.name: _digests(f) for f in sorted(tmp.glob("*.npy"))}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if d.exists():
             shutil.rmtree(d)
         os.replace(tmp, d)  # the whole entry appears at once
         self._open.pop(i, None)
 
-    def prepare(self, workers: int = 1, progress: bool = False) -> list[int]:
-        """Build every missing or stale entry (``workers`` processes); returns the rebuilt indices."""
-        todo = [i for i in range(len(self)) if not self.is_fresh(i)]
+    def prepare(self, workers: int = 1, progress: bool = False, verify: str = "quick") -> list[int]:
+        """Build every missing, stale or damaged entry (``workers`` processes); returns the rebuilt
+        indices. Entries that existed but could not be used are listed in :attr:`rebuilt`
+        (``{case_id: reason}``) and logged as warnings."""
+        reasons = {i: self.problem(i, verify) for i in range(len(self))}
+        todo = [i for i, r in reasons.items() if r is not None]
+        for i in todo:
+            if reasons[i] != "not built yet":
+                cid = self.cases[i].case_id
+                self.rebuilt[cid] = str(reasons[i])
+                LOG.warning("cache entry %s: %s; rebuilding it", self.entry_dir(i), reasons[i])
         if not todo:
             return []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +257,11 @@ class CaseCache:
             i = self.index_of(i)
         if i in self._open:
             return self._open[i]
-        if not self.is_fresh(i):
+        why = self.problem(i)
+        if why is not None:
+            if why != "not built yet":
+                self.rebuilt[self.cases[i].case_id] = why
+                LOG.warning("cache entry %s: %s; rebuilding it", self.entry_dir(i), why)
             self.build(i)
         d = self.entry_dir(i)
         meta = json.loads((d / "meta.json").read_text())
