@@ -127,8 +127,8 @@ if numba is not None:
                 num = np.float32(0.0)
                 cnt = np.float32(0.0)
                 for d in range(dn):
-                    if p[d] >= mean_p:
-                        num += z[b, c, d] * s[b, c, d]
+                    if p[d] >= mean_p or s[b, c, d] == smax:  # the largest is a key slice even when
+                        num += z[b, c, d] * s[b, c, d]  # rounding puts the mean of equal p above it
                         cnt += np.float32(1.0)
                 desc[b, c] = num / cnt
             # channel SE on the descriptors: FC (C -> J) + ReLU, FC (J -> C), sigmoid

@@ -87,11 +87,12 @@ def key_slice_mask(slice_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Key slices of ``slice_weights`` (e.g. ``(B, C, D)``) along ``dim``: ``softmax ≥ its mean``.
 
     Computed without gradient (a hard selection), per sample and channel. At least one
-    slice is always selected (the largest probability is ≥ the mean).
+    slice is always selected: the largest probability is (when all are equal, the rounded
+    mean can exceed every one of them, which left no key slice and a 0/0 descriptor).
     """
     with torch.no_grad():
         p = torch.softmax(slice_weights.detach(), dim=dim)
-        return p >= p.mean(dim=dim, keepdim=True)
+        return (p >= p.mean(dim=dim, keepdim=True)) | (p == p.amax(dim=dim, keepdim=True))
 
 
 class SliceAttention(nn.Module):

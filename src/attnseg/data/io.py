@@ -119,6 +119,33 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(axis=0)))
 
 
+def file_mode() -> int:
+    """Mode a new file gets from ``open()`` under the current umask (``0o666 & ~umask``).
+
+    ``tempfile.mkstemp`` creates files ``0600`` whatever the umask; files written through a
+    temporary file are given this mode before the rename, so users' files follow their umask.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename (mode follows the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def save_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, header: Any = None,
                dtype: Any = None) -> Path:
     """Write ``array`` (nibabel order) with ``affine`` atomically (temp file + rename).
@@ -156,6 +183,7 @@ def save_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, h
             im.SetOrigin([float(o) for o in lps[:n, 3]])
             im.SetDirection([float(v) for v in (lps[:n, :n] / sp[None, :]).ravel()])
             sitk.WriteImage(im, tmp)
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600; the user's umask decides
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

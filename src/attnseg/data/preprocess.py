@@ -27,7 +27,10 @@ class PreprocessConfig:
     Attributes:
         crop_nonzero: crop to the bounding box of voxels that are non-zero in any channel (or labelled).
         normalize: ``"zscore"`` (per channel, mean/std over that channel's non-zero voxels;
-            background stays 0), ``"zscore_all"`` (over every voxel, as the references did) or ``"none"``.
+            background stays 0), ``"zscore_all"`` (over every voxel, as the references did), ``"ct"``
+            (clip to ``extra["ct"][str(channel)]["lo"/"hi"]``, then subtract its ``mean`` and divide
+            by its ``std``: dataset-wide statistics, as nnU-Net does for CT), ``"none"``, or a list
+            with one of these per channel (``attnseg plan`` writes it).
         target_spacing: resample to these voxel sizes in mm (None = keep).
         label_mapping: ``"auto"`` (BraTS conventions → classes 0..3, other layouts kept as stored),
             ``"none"`` or an explicit ``{stored value: class}`` dict (values not listed → 0),
@@ -35,7 +38,7 @@ class PreprocessConfig:
     """
 
     crop_nonzero: bool = True
-    normalize: str = "zscore"
+    normalize: str | list[str] = "zscore"
     target_spacing: tuple[float, ...] | None = None
     label_mapping: str | Mapping[int, int] = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -65,16 +68,34 @@ def nonzero_bbox(image: np.ndarray, label: np.ndarray | None = None) -> tuple[tu
     return tuple(lo), tuple(hi)
 
 
-def zscore(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
-    """Per-channel z-score of (C, *S) float32 ``image`` (in place when possible; see :class:`PreprocessConfig`)."""
-    if mode == "none":
+def zscore(image: np.ndarray, mode: str | list[str] = "zscore",
+           ct: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray:
+    """Per-channel z-score of (C, *S) float32 ``image`` (in place when possible; see :class:`PreprocessConfig`).
+
+    ``mode`` is one mode for every channel or a list with one per channel; ``ct`` holds the
+    dataset statistics of the ``"ct"`` channels (``{"0": {"lo", "hi", "mean", "std"}}``).
+    """
+    modes = list(mode) if isinstance(mode, (list, tuple)) else [mode] * image.shape[0]
+    if len(modes) != image.shape[0]:
+        raise ValueError(f"normalize lists {len(modes)} mode(s) for {image.shape[0]} channel(s)")
+    for m in modes:
+        if m not in ("zscore", "zscore_all", "ct", "none"):
+            raise ValueError(f"normalize must be 'zscore', 'zscore_all', 'ct' or 'none', got {m!r}")
+    if all(m == "none" for m in modes):
         return image
-    if mode not in ("zscore", "zscore_all"):
-        raise ValueError(f"normalize must be 'zscore', 'zscore_all' or 'none', got {mode!r}")
     out = image.astype(np.float32, copy=False)
     for c in range(out.shape[0]):  # per channel statistics (C ≤ ~4): not a hot loop
         ch = out[c]
-        if mode == "zscore":
+        if modes[c] == "none":
+            continue
+        if modes[c] == "ct":
+            st = (ct or {}).get(str(c))
+            if st is None:
+                raise ValueError(f"normalize 'ct' for channel {c} needs extra.ct.{c} (lo, hi, mean, std)")
+            np.clip(ch, float(st["lo"]), float(st["hi"]), out=ch)
+            ch -= float(st["mean"])
+            ch /= max(float(st["std"]), 1e-8)
+        elif modes[c] == "zscore":
             fg = ch != 0
             vals = ch[fg]
             if vals.size == 0:
@@ -158,7 +179,7 @@ def preprocess_case(data: dict[str, Any], config: PreprocessConfig | None = None
             scale[:3, 3] = 0.5 * ratio - 0.5  # align_corners=False: voxel centres
             proc_aff = crop_aff @ scale
             new_spacing = tuple(float(s * r) for s, r in zip(spacing, ratio))
-    image = zscore(image, cfg.normalize)
+    image = zscore(image, cfg.normalize, (cfg.extra or {}).get("ct"))
     meta = {
         "case_id": data.get("case_id"),
         "original_shape": list(orig_shape),

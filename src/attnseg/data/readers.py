@@ -9,7 +9,14 @@ One code path underneath (:class:`Case` → :func:`load_case`), a small adapter 
 * ``nnunet`` – ``dataset.json`` + ``imagesTr/<case>_<XXXX>.<ext>`` + ``labelsTr/<case>.<ext>`` (v1 or v2 json).
 * ``malc`` / ``hvsmr`` – ``<root>[/<phase>]/images/*`` and ``masks/*`` (the AMIS reference layout),
   paired **by case id**, not by listing order.
+* ``msd`` – Medical Segmentation Decathlon: ``dataset.json`` (``modality``, ``labels``) +
+  ``imagesTr/<case>.nii.gz`` holding every channel on the 4th axis + ``labelsTr/<case>.nii.gz``.
 * ``folder`` – a CSV or JSON manifest listing each case's image(s) and label.
+* ``images`` – a plain folder of image files, one case per file (or per ``<case>_XXXX`` group of
+  nnU-Net channel files); no labels (for prediction).
+
+``subset`` picks the training (``Tr``/``train``) or held-out (``Ts``/``test``) part of an
+nnU-Net or MSD dataset, or ``all``; giving ``.../imagesTs`` itself as the root works as well.
 
 Cases are always returned sorted by case id, so any split made from them is portable.
 """
@@ -29,7 +36,7 @@ import numpy as np
 from attnseg.data.errors import DataError
 from attnseg.data.io import is_image_file, load_header, load_image, spacing_from_affine, strip_suffix
 
-LAYOUTS = ("auto", "brats", "nnunet", "malc", "hvsmr", "folder")
+LAYOUTS = ("auto", "brats", "nnunet", "msd", "malc", "hvsmr", "folder", "images")
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
 # modality aliases: BraTS 2023+ names (and a few spellings seen in the wild) -> canonical name
 BRATS_ALIASES = {"t1n": "t1", "t1c": "t1ce", "t1gd": "t1ce", "t2w": "t2", "t2f": "flair", "fla": "flair"}
@@ -73,8 +80,10 @@ def detect_layout(root: str | os.PathLike) -> str:
         if root.suffix.lower() in (".csv", ".json"):
             return "folder"
         raise DataError(f"{root}: not a dataset folder or a CSV/JSON manifest")
-    if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
-        return "nnunet"
+    if (root / "dataset.json").is_file() and any((root / f"images{s}").is_dir() for s in ("Tr", "Ts")):
+        return _nnunet_or_msd(root)
+    if root.name in ("imagesTr", "imagesTs") and (root.parent / "dataset.json").is_file():
+        return _nnunet_or_msd(root.parent)
     if any((root / n).is_file() for n in MANIFEST_NAMES):
         return "folder"
     if (root / "images").is_dir() or any((root / ph / "images").is_dir() for ph in ("train", "test", "val")):
@@ -83,13 +92,69 @@ def detect_layout(root: str | os.PathLike) -> str:
         names = [n.lower() for n in os.listdir(sub)]
         if any(re.search(r"[_-](flair|t2f|t1ce|t1c|seg)\.(nii|nii\.gz)$", n) for n in names):
             return "brats"
+    if any(is_image_file(f) and not f.name.startswith(".") for f in root.iterdir() if f.is_file()):
+        return "images"
     raise DataError(f"{root}: cannot detect the dataset layout (expected BraTS case folders, an nnU-Net "
-                    f"dataset.json + imagesTr, images/ + masks/, or a manifest file); pass layout=...")
+                    f"dataset.json + imagesTr, images/ + masks/, a manifest file or a folder of image files); "
+                    f"pass layout=...")
+
+
+def _visible_images(folder: Path) -> list[Path]:
+    """Image files of ``folder``, sorted; hidden files (``._x.nii.gz`` from macOS archives) skipped."""
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and is_image_file(f) and not f.name.startswith(".")]
+
+
+def _nnunet_or_msd(root: Path) -> str:
+    """nnU-Net names channel files ``<case>_XXXX``; MSD keeps all channels in one 4-D file."""
+    for sub in ("imagesTr", "imagesTs"):
+        if (root / sub).is_dir():
+            files = _visible_images(root / sub)
+            if files:
+                return "nnunet" if all(re.search(r"_\d{4}$", strip_suffix(f.name)) for f in files) else "msd"
+    return "nnunet"
+
+
+def _subset_code(subset: str) -> str:
+    codes = {"tr": "Tr", "train": "Tr", "training": "Tr", "ts": "Ts", "test": "Ts", "all": "all"}
+    if str(subset).lower() not in codes:
+        raise ValueError(f"unknown subset {subset!r}; choose train, test or all")
+    return codes[str(subset).lower()]
+
+
+def label_names_from_json(labels: Any) -> dict[int, str]:
+    """``dataset.json`` ``labels`` → ``{value: name}`` for single-valued labels (background left out).
+
+    Accepts MSD / nnU-Net v1 (``{"0": "background", "1": "edema"}``) and nnU-Net v2
+    (``{"background": 0, "edema": 1}``); v2 region entries (lists of values) are left out.
+    """
+    out: dict[int, str] = {}
+    if not isinstance(labels, dict):
+        return out
+    for k, v in labels.items():
+        if str(k).lstrip("-").isdigit() and not isinstance(v, (list, dict)):
+            out[int(k)] = str(v)
+        elif isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit()):
+            out[int(v)] = str(k)
+    return {k: v for k, v in sorted(out.items()) if k != 0}
+
+
+def read_dataset_json(root: str | os.PathLike) -> dict[str, Any]:
+    """``root/dataset.json`` as a dict (``{}`` when absent); :class:`DataError` when unreadable."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a JSON object")
+    return meta
 
 
 def find_cases(root: str | os.PathLike, layout: str = "auto", *, channels: list[str] | tuple[str, ...] | None = None,
                require_labels: bool = True, phase: str | None = None, subset: str = "Tr",
-               label_convention: str | None = None) -> list[Case]:
+               label_convention: str | None = None, incomplete: str = "raise") -> list[Case]:
     """List the cases under ``root``, sorted by case id.
 
     Args:
@@ -100,8 +165,12 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", *, channels: list[
         require_labels: a missing label file is an error (else ``label_path=None``).
         phase: sub-folder for ``malc``/``hvsmr`` (``train``/``test``); default: ``root`` itself
             when it holds ``images/``, else ``train``.
-        subset: ``"Tr"`` or ``"Ts"`` for ``nnunet``.
+        subset: ``"Tr"``/``"train"``, ``"Ts"``/``"test"`` or ``"all"`` for ``nnunet`` and ``msd``
+            (``root`` may also be the ``imagesTr``/``imagesTs`` folder itself).
         label_convention: override the detected convention.
+        incomplete: ``"raise"`` (default): a case with a missing channel/modality file is an
+            error; ``"keep"``: it is returned with ``extra["error"]`` set (prediction skips it
+            and goes on with the others).
 
     Raises :class:`DataError` naming the folder/file for an empty dataset, missing files or
     duplicate case ids.
@@ -109,16 +178,28 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", *, channels: list[
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     root = Path(root)
+    subset = _subset_code(subset)
+    if root.is_dir() and root.name in ("imagesTr", "imagesTs") and (root.parent / "dataset.json").is_file():
+        subset, root = root.name[-2:], root.parent  # .../imagesTs given: that part of the dataset
+        if layout not in ("auto", "nnunet", "msd"):
+            raise ValueError(f"{root}: an images{subset} folder is read with layout nnunet or msd, not {layout!r}")
     if layout == "auto":
         layout = detect_layout(root)
     elif not root.exists():
         raise DataError(f"{root}: dataset folder not found")
+    keep = incomplete == "keep"
     if layout == "brats":
-        cases = _find_brats(root, channels, require_labels)
-    elif layout == "nnunet":
-        cases = _find_nnunet(root, channels, require_labels, subset)
+        cases = _find_brats(root, channels, require_labels, keep)
+    elif layout in ("nnunet", "msd"):
+        parts = ("Tr", "Ts") if subset == "all" else (subset,)
+        if subset == "all":
+            parts = tuple(s for s in parts if (root / f"images{s}").is_dir()) or ("Tr",)
+        find = _find_nnunet if layout == "nnunet" else _find_msd
+        cases = [c for s in parts for c in find(root, channels, require_labels, s, keep)]
     elif layout in ("malc", "hvsmr"):
         cases = _find_paired(root, layout, require_labels, phase)
+    elif layout == "images":
+        cases = _find_images(root, require_labels, keep)
     else:
         cases = _find_manifest(root, require_labels)
     if not cases:
@@ -134,7 +215,7 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", *, channels: list[
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _find_brats(root: Path, channels: Any, require_labels: bool) -> list[Case]:
+def _find_brats(root: Path, channels: Any, require_labels: bool, keep: bool = False) -> list[Case]:
     want = [BRATS_ALIASES.get(c.lower(), c.lower()) for c in (channels or BRATS_CHANNELS)]
     cases = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -158,7 +239,12 @@ def _find_brats(root: Path, channels: Any, require_labels: bool) -> list[Case]:
         if missing:
             shown = [(_BRATS_2023_NAMES.get(c, c) if is_2023 else c) for c in missing]
             sep = "-" if is_2023 else "_"
-            raise DataError(f"{d}: missing modality file(s) " + ", ".join(f"{d.name}{sep}{s}.nii.gz" for s in shown))
+            msg = f"{d}: missing modality file(s) " + ", ".join(f"{d.name}{sep}{s}.nii.gz" for s in shown)
+            if not keep:
+                raise DataError(msg)
+            cases.append(Case(d.name, [mods[c] for c in want if c in mods], None, "brats", convention,
+                              {"channels": want, "error": msg}))
+            continue
         label = mods.get("seg")
         if label is None:  # BraTS 2020 case 355 ships a mis-named label file
             odd = [f for n, f in files.items() if "seg" in n.lower() and f not in mods.values()]
@@ -171,14 +257,11 @@ def _find_brats(root: Path, channels: Any, require_labels: bool) -> list[Case]:
     return cases
 
 
-def _find_nnunet(root: Path, channels: Any, require_labels: bool, subset: str) -> list[Case]:
+def _find_nnunet(root: Path, channels: Any, require_labels: bool, subset: str, keep: bool = False) -> list[Case]:
     meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"{meta_path}: missing (nnU-Net layout needs dataset.json)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not meta_path.is_file():
+        raise DataError(f"{meta_path}: missing (nnU-Net layout needs dataset.json)")
+    meta = read_dataset_json(root)
     names = meta.get("channel_names") or meta.get("modality") or {"0": "ch0"}
     names = {int(k): str(v) for k, v in names.items()}
     ending = meta.get("file_ending", ".nii.gz")
@@ -204,10 +287,11 @@ def _find_nnunet(root: Path, channels: Any, require_labels: bool, subset: str) -
                 raise DataError(f"{meta_path}: channel {c!r} not among {names}")
     img_dir, lab_dir = root / f"images{subset}", root / f"labels{subset}"
     if not img_dir.is_dir():
-        raise DataError(f"{img_dir}: missing images folder")
+        hint = "; pass --subset train to use the training images" if subset == "Ts" else ""
+        raise DataError(f"{img_dir}: missing images folder{hint}")
     by_case: dict[str, dict[int, Path]] = {}
     for f in sorted(img_dir.iterdir()):
-        if not f.name.endswith(ending):
+        if not f.name.endswith(ending) or f.name.startswith("."):
             continue
         m = re.match(r"^(.*)_(\d{4})$", f.name[: -len(ending)])
         if not m:
@@ -216,16 +300,86 @@ def _find_nnunet(root: Path, channels: Any, require_labels: bool, subset: str) -
     cases = []
     for cid, chans in by_case.items():
         missing = [k for k in order if k not in chans]
+        extra = {"channels": [names[k] for k in order], "labels": declared or None,
+                 "label_names": label_names_from_json(labels), "subset": subset}
         if missing:
-            raise DataError(f"{img_dir / f'{cid}_{missing[0]:04d}{ending}'}: missing channel "
-                            f"{names.get(missing[0], missing[0])!r} of case {cid!r}")
+            msg = (f"{img_dir / f'{cid}_{missing[0]:04d}{ending}'}: missing channel "
+                   f"{names.get(missing[0], missing[0])!r} of case {cid!r}")
+            if not keep:
+                raise DataError(msg)
+            cases.append(Case(cid, [chans[k] for k in order if k in chans], None, "nnunet", "plain",
+                              {**extra, "error": msg}))
+            continue
         label = lab_dir / f"{cid}{ending}"
         if not label.is_file():
             if require_labels and subset == "Tr":
                 raise DataError(f"{label}: missing label file of case {cid!r}")
             label = None
-        cases.append(Case(cid, [chans[k] for k in order], label, "nnunet", "plain",
-                          {"channels": [names[k] for k in order], "labels": declared or None}))
+        cases.append(Case(cid, [chans[k] for k in order], label, "nnunet", "plain", extra))
+    return cases
+
+
+def _find_msd(root: Path, channels: Any, require_labels: bool, subset: str, keep: bool = False) -> list[Case]:
+    """Medical Segmentation Decathlon: one (possibly 4-D) image file per case, channels last."""
+    meta = read_dataset_json(root)
+    names = meta.get("modality") or meta.get("channel_names") or {"0": "ch0"}
+    names = {int(k): str(v) for k, v in names.items()}
+    labels = meta.get("labels", {})
+    label_names = label_names_from_json(labels)
+    declared = sorted({0, *label_names}) if labels else None
+    order = sorted(names)
+    if channels is not None:
+        inv = {v.lower(): k for k, v in names.items()}
+        order = []
+        for c in channels:
+            if str(c).isdigit() and int(c) in names:
+                order.append(int(c))
+            elif str(c).lower() in inv:
+                order.append(inv[str(c).lower()])
+            else:
+                raise DataError(f"{root / 'dataset.json'}: channel {c!r} not among {names}")
+    img_dir, lab_dir = root / f"images{subset}", root / f"labels{subset}"
+    if not img_dir.is_dir():
+        hint = "; pass --subset train to use the training images" if subset == "Ts" else ""
+        raise DataError(f"{img_dir}: missing images folder{hint}")
+    cases = []
+    for f in _visible_images(img_dir):
+        cid = strip_suffix(f.name)
+        label = lab_dir / f.name
+        if not label.is_file():
+            if require_labels and subset == "Tr":
+                raise DataError(f"{label}: missing label file of case {cid!r}")
+            label = None
+        extra = {"channels": [names[k] for k in order], "labels": declared, "label_names": label_names,
+                 "channel_index": order, "n_channels": len(names), "subset": subset}
+        cases.append(Case(cid, [f], label, "msd", "plain", extra))
+    return cases
+
+
+def _find_images(root: Path, require_labels: bool, keep: bool = False) -> list[Case]:
+    """A plain folder of images: one case per file, or per ``<case>_XXXX`` group of channel files."""
+    if require_labels:
+        raise DataError(f"{root}: a plain folder of images has no labels (use an nnU-Net/MSD dataset, "
+                        f"images/ + masks/ or a manifest for training)")
+    files = _visible_images(root)
+    grouped = bool(files) and all(re.search(r"_\d{4}$", strip_suffix(f.name)) for f in files)
+    if not grouped:
+        return [Case(strip_suffix(f.name), [f], None, "images", "plain", {"channels": ["image"]}) for f in files]
+    by_case: dict[str, dict[int, Path]] = {}
+    for f in files:
+        stem = strip_suffix(f.name)
+        by_case.setdefault(stem[:-5], {})[int(stem[-4:])] = f
+    n = max(len(ch) for ch in by_case.values())
+    cases = []
+    for cid, chans in by_case.items():
+        missing = [k for k in range(n) if k not in chans]
+        extra: dict[str, Any] = {"channels": [f"ch{k}" for k in range(n)]}
+        if missing:
+            msg = f"{root / f'{cid}_{missing[0]:04d}'}*: missing channel {missing[0]} of case {cid!r}"
+            if not keep:
+                raise DataError(msg)
+            extra["error"] = msg
+        cases.append(Case(cid, [chans[k] for k in sorted(chans)], None, "images", "plain", extra))
     return cases
 
 
@@ -357,10 +511,24 @@ def load_case(case: Case, check: bool = True) -> dict[str, Any]:
     chans = []
     affine = header = None
     ref_shape = None
+    if case.extra.get("error"):
+        raise DataError(case.extra["error"])
     for p in case.image_paths:
         arr, aff, hdr = load_image(p, np.float32)
         if arr.ndim == 4 and arr.shape[3] == 1:
             arr = arr[..., 0]
+        if arr.ndim == 4 and len(case.image_paths) == 1:
+            # one file with every channel on the 4th axis (MSD, 4-D NIfTI): (x, y, z, C) -> C files
+            idx = case.extra.get("channel_index")
+            if idx is not None and max(idx) >= arr.shape[3]:
+                raise DataError(f"{p}: {arr.shape[3]} channel(s) on the 4th axis, dataset.json declares "
+                                f"{case.extra.get('n_channels')}")
+            parts = [arr[..., k] for k in (idx if idx is not None else range(arr.shape[3]))]
+            affine, header, ref_shape = aff, hdr, parts[0].shape
+            if check and not np.isfinite(arr).all():
+                raise DataError(f"{p}: {int((~np.isfinite(arr)).sum())} NaN/inf voxel(s)")
+            chans.extend(np.ascontiguousarray(a) for a in parts)
+            continue
         if affine is None:
             affine, header, ref_shape = aff, hdr, arr.shape
         elif check:
@@ -374,6 +542,7 @@ def load_case(case: Case, check: bool = True) -> dict[str, Any]:
             raise DataError(f"{p}: {n} NaN/inf voxel(s)")
         chans.append(arr)
     image = np.stack(chans) if len(chans) > 1 else chans[0][None]
+    ref_shape = image.shape[1:]
     label = None
     if case.label_path is not None:
         lab, laff, _ = load_image(case.label_path)
