@@ -152,21 +152,6 @@ def _other_metrics_table(ev: EvalData, units: str) -> tuple[list[str], list[list
     return header, rows
 
 
-def _per_case_table(ev: EvalData, picks: dict[str, tuple[str, float]]) -> tuple[list[str], list[list[str]]]:
-    metrics = [m for m in ("dice", "hd95") if m in ev.metrics] or ev.metrics[:1]
-    header = ["#", "Case"] + [f"{_METRIC_NAMES.get(m, m)} {label}" for m in metrics for label in ev.labels]
-    header += ["mean Dice" if "dice" in metrics else f"mean {metrics[0]}", "shown below as"]
-    tags = {cid: tag for tag, (cid, _) in picks.items()}
-    rows = []
-    for i, (cid, mean) in enumerate(ev.ranked_cases(metrics[0]), 1):
-        row = [str(i), cid]
-        for m in metrics:
-            sc = ev.case_scores(cid, m)
-            row += [_fmt(sc.get(label)) for label in ev.labels]
-        rows.append(row + [_fmt(mean), tags.get(cid, "")])
-    return header, rows
-
-
 # ------------------------------------------------------------------------------------ rendering
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
@@ -260,6 +245,8 @@ def _render_html(page: _Page, base: Path, embed: bool) -> str:
                     + "</details>")
         if kind == "pre":
             return f"<pre>{_esc(b[1])}</pre>"
+        if kind == "viewer":  # attnseg.report.viewer.CasesSection
+            return b[1].html(embed)
         raise ValueError(f"unknown block {kind!r}")
 
     nav = "".join(f'<a href="#{sid}">{_esc(h)}</a>' for sid, h, _ in page.sections)
@@ -292,6 +279,8 @@ def _render_md(page: _Page) -> str:
             return f"<details><summary>{b[1]}</summary>\n\n" + "\n".join(block(x) for x in b[2]) + "\n</details>\n"
         if kind == "pre":
             return "```\n" + b[1].rstrip("\n") + "\n```\n"
+        if kind == "viewer":
+            return b[1].markdown()
         raise ValueError(f"unknown block {kind!r}")
 
     parts = [f"# {page.title}\n", f"{page.subtitle}\n"]
@@ -487,10 +476,12 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
         ov_notes = [n for n in notes if "overlay" in n]
         ov_blocks += [("note", n) for n in ov_notes]
         page.add("overlays", "Best, median and worst cases", *ov_blocks)
-        h, r = _per_case_table(ev, picks)
-        page.add("cases", "Per-case scores", ("details", f"All {len(ev.case_ids)} cases, best first",
-                                              [("table", h, r, ["pick" if row[-1] else "" for row in r])],
-                                              len(ev.case_ids) <= 30))
+        from attnseg.report.viewer import viewer_cases_section
+
+        cases = viewer_cases_section(ev, ev.ranked_cases("dice" if "dice" in ev.metrics else ev.metrics[0]), picks,
+                                     pdir, ddir)
+        cases.write_files(out / "viewer")
+        page.add("cases", "Cases", ("help", f"All {len(ev.case_ids)} cases, best first."), ("viewer", cases))
     else:
         page.add("metrics", "Test-set metrics", ("note", next(n for n in notes if n.startswith("no evaluation"))))
 
