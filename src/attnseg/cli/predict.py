@@ -18,7 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None, help="architecture of a reference checkpoint (e.g. panet, unet, unet3d)")
     p.add_argument("--source", default=None, choices=["panet-reference", "amis-reference"],
                    help="force the reference converter (default: detected)")
-    p.add_argument("--layout", default="auto", help="dataset layout of --input (auto, brats, nnunet, ...)")
+    p.add_argument("--layout", default="auto",
+                   help="dataset layout of --input: auto, brats, nnunet, msd, malc, hvsmr, folder (manifest), "
+                        "images (a plain folder of image files)")
+    p.add_argument("--subset", default="test", choices=["test", "train", "all"],
+                   help="part of an nnU-Net/MSD dataset to segment: test = imagesTs (default), train = imagesTr")
     p.add_argument("--channels", nargs="+", default=None,
                    help="channel (modality) order, e.g. t1 t1ce t2 flair (default: from the checkpoint)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation over all spatial axes")
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         pp.et_class = 3  # BraTS classes (bg, NCR/NET, ED, ET)
     predictor.postprocess = pp
     results = predict_cases(predictor, args.input, args.output, layout=args.layout, channels=args.channels,
+                            subset=args.subset,
                             save_probs=args.save_probs, resume=args.resume, label_convention=args.labels)
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "ok" for r in results)

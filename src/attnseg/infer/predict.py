@@ -179,20 +179,26 @@ def check_output_dir(output: Path, inputs: Sequence[Path]) -> None:
 
 
 def list_input_cases(path: str | os.PathLike, layout: str = "auto",
-                     channels: Sequence[str] | None = None) -> list[Any]:
-    """Cases under ``path``: one image file (3-D, or 4-D with channels last) or a dataset folder
-    in any layout :func:`attnseg.data.readers.find_cases` reads (labels not required)."""
+                     channels: Sequence[str] | None = None, subset: str = "test") -> list[Any]:
+    """Cases under ``path``: one image file (3-D, or 4-D with channels last), a CSV/JSON manifest,
+    or a dataset folder in any layout :func:`attnseg.data.readers.find_cases` reads (labels not
+    required): nnU-Net/MSD datasets give their ``subset`` (``test`` = ``imagesTs``, ``train``,
+    ``all``), an ``imagesTs`` folder or a plain folder of images its files. A case with a missing
+    channel file is returned with ``extra["error"]`` (prediction reports it and goes on)."""
     from attnseg.data.io import is_image_file, strip_suffix
     from attnseg.data.readers import Case, find_cases
 
     p = Path(path)
     if p.is_file():
+        if p.suffix.lower() in (".csv", ".json"):
+            return find_cases(p, "folder", require_labels=False)
         if not is_image_file(p):
-            raise ValueError(f"{p}: not an image file (NIfTI, NRRD, MHA, ...)")
+            raise ValueError(f"{p}: not an image file (NIfTI, NRRD, MHA, ...) or a .csv/.json manifest")
         return [Case(case_id=strip_suffix(p.name), image_paths=[p], label_path=None, layout="file")]
     if not p.exists():
         raise FileNotFoundError(f"{p}: input not found")
-    return find_cases(p, layout, channels=list(channels) if channels else None, require_labels=False)
+    return find_cases(p, layout, channels=list(channels) if channels else None, require_labels=False,
+                      subset=subset, incomplete="keep")
 
 
 def _label_convention(case: Any, task: dict[str, Any], override: str | None) -> str:
@@ -206,8 +212,12 @@ def _label_convention(case: Any, task: dict[str, Any], override: str | None) -> 
 
 
 def _load_image(case: Any) -> dict[str, Any]:
+    import dataclasses
+
     from attnseg.data.readers import load_case
 
+    if dataclasses.is_dataclass(case) and case.label_path is not None:
+        case = dataclasses.replace(case, label_path=None)  # prediction needs no label: never check it
     data = load_case(case)
     img = data["image"]
     # a single 4-D file holds channels on its last axis: (1, x, y, z, C) -> (C, x, y, z)
@@ -229,26 +239,32 @@ class PredictResult:
 def predict_cases(predictor: Predictor, input_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                   layout: str = "auto", channels: Sequence[str] | None = None, save_probs: bool = False,
                   resume: bool = False, label_convention: str | None = None,
-                  log: Callable[[str], None] | None = None) -> list[PredictResult]:
+                  log: Callable[[str], None] | None = None, subset: str = "test") -> list[PredictResult]:
     """Predict every case of ``input_path`` into ``output_dir``/<case_id>.nii.gz.
 
     Labels are written in the input's release convention (BraTS 0/1/2/4 or 0/1/2/3 as detected
     from the input, else the checkpoint's) or as class indices for plain tasks; with
     ``save_probs`` also ``<case_id>_probs.nii.gz`` (float32, channels on the 4th axis). A case
-    that fails is reported and skipped; ``resume`` skips cases whose output exists.
+    that fails (a missing channel file included) is reported and skipped; ``resume`` skips cases
+    whose output exists; an output folder this call created is removed again when no case could
+    be written. ``subset``: see :func:`list_input_cases`.
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     inp, out_dir = Path(input_path), Path(output_dir)
     check_output_dir(out_dir, [inp])
     names = channels or predictor.task.get("channel_names") or None
-    cases = list_input_cases(inp, layout, names if (inp.is_dir() and names) else None)
+    cases = list_input_cases(inp, layout, names if (inp.is_dir() and names) else None, subset)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     # one prediction process per output folder; a lock left by a killed run is taken over
     with FolderLock(out_dir, "prediction") as lock:
         if lock.taken_over is not None:
             log(f"attnseg: {lock.describe_takeover()}")
-        return _predict_locked(predictor, cases, out_dir, save_probs=save_probs, resume=resume,
-                               label_convention=label_convention, log=log)
+        results = _predict_locked(predictor, cases, out_dir, save_probs=save_probs, resume=resume,
+                                  label_convention=label_convention, log=log)
+    if created and not any(r.status == "ok" for r in results) and not any(out_dir.iterdir()):
+        out_dir.rmdir()  # every case failed: no empty folder left behind
+    return results
 
 
 # temporary files of save_image (temp file + rename) that a killed process may leave behind

@@ -332,7 +332,7 @@ def _units(ev: EvalData) -> str:
 
 
 def _overlays(ev: EvalData, picks: dict[str, tuple[str, float]], pred_dir: Path | None, data_dir: Path | None,
-              out: Path, task_kind: str | None, notes: list[str]) -> list[tuple[str, Figure]]:
+              out: Path, task_kind: str | None, notes: list[str], subset: str = "Tr") -> list[tuple[str, Figure]]:
     if not picks:
         return []
     if pred_dir is None or not pred_dir.is_dir():
@@ -347,7 +347,7 @@ def _overlays(ev: EvalData, picks: dict[str, tuple[str, float]], pred_dir: Path 
     from attnseg.report.overlays import find_prediction, load_overlay_case, plot_overlay, score_line
 
     try:
-        cases = {c.case_id: c for c in find_cases(data_dir, require_labels=False)}
+        cases = {c.case_id: c for c in find_cases(data_dir, require_labels=False, subset=subset)}
     except ValueError as exc:
         notes.append(f"overlays left out: {exc}")
         return []
@@ -362,7 +362,7 @@ def _overlays(ev: EvalData, picks: dict[str, tuple[str, float]], pred_dir: Path 
             notes.append(f"{tag} case overlay left out: {missing}")
             continue
         try:
-            oc = load_overlay_case(case, pred, regions)
+            oc = load_overlay_case(case, pred, regions, _info(ev, "label_names"))
         except ValueError as exc:
             notes.append(f"{tag} case overlay left out: {exc}")
             continue
@@ -400,7 +400,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     notes = list(run.notes)
-    ev_dir = _default_dir(run.path, eval_dir, ("eval", "evaluation"))
+    ev_dir = _default_dir(run.path, eval_dir, ("eval", "evaluation", "predictions_evaluation"))
     ev = read_eval(ev_dir) if ev_dir is not None else None
     if ev is None:
         notes.append("no evaluation folder: metric table, box plots and overlays are left out "
@@ -408,6 +408,10 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
     if pred_dir is None and ev is not None and isinstance(_info(ev, "pred", "pred_dir"), str):
         pred_dir = _info(ev, "pred", "pred_dir")
     pdir = _default_dir(run.path, pred_dir, ("predictions", "pred"))
+    subset = "Tr"
+    if data_dir is None and ev is not None and isinstance(_info(ev, "data"), str):
+        # the dataset the reference labels belong to (e.g. an nnU-Net root + Ts for labelsTs)
+        data_dir, subset = _info(ev, "data"), str(_info(ev, "subset") or "Tr")
     if data_dir is None and ev is not None and isinstance(_info(ev, "ref", "ref_dir"), str):
         data_dir = _info(ev, "ref", "ref_dir")
     ddir = Path(data_dir) if data_dir is not None else run.data_root()
@@ -464,7 +468,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
                      ("fig", Figure(box.name, "One dot per case; boxes show the median and quartiles, whiskers "
                                               "1.5× the interquartile range.", "box plots per region")))
         picks = ev.pick_cases("dice" if "dice" in ev.metrics else ev.metrics[0])
-        figs = _overlays(ev, picks, pdir, ddir, out, run.task_kind, notes)
+        figs = _overlays(ev, picks, pdir, ddir, out, run.task_kind, notes, subset)
         written += [out / f.file for _, f in figs]
         ov_blocks: list[Any] = [("help", "Cases ranked by their mean Dice over the regions/classes. Each picture "
                                          "shows three orthogonal slices through the lesion centre (the ground-truth "

@@ -195,18 +195,23 @@ def _display_channel(case: Any) -> int:
     return 0
 
 
-def load_overlay_case(case: Any, pred_path: Path, regions: bool | None = None) -> OverlayCase:
+def load_overlay_case(case: Any, pred_path: Path, regions: bool | None = None,
+                      label_names: dict[int, str] | None = None) -> OverlayCase:
     """Read the display channel, ground truth and prediction of a data-layer ``Case``.
 
     ``regions``: draw BraTS regions (WT/TC/ET) rather than classes; ``None`` decides from the
-    case's label convention. Raises ``ValueError`` naming the file when shapes disagree.
+    case's label convention. Classes are named by ``label_names`` (default: the case's
+    ``dataset.json`` names, else the values). Raises ``ValueError`` naming the file when shapes
+    disagree.
     """
     from attnseg.data.io import load_image
 
     ch = _display_channel(case)
-    image, affine, _ = load_image(case.image_paths[ch], np.float32)
-    if image.ndim == 4:  # one 4-D file holding every channel (nnU-Net style single file)
-        image = image[..., 0]
+    single = len(case.image_paths) == 1  # MSD / 4-D NIfTI: every channel in one file
+    image, affine, _ = load_image(case.image_paths[0 if single else ch], np.float32)
+    if image.ndim == 4:
+        idx = (case.extra.get("channel_index") or list(range(image.shape[3]))) if single else [0]
+        image = image[..., idx[min(ch, len(idx) - 1)] if single else 0]
     pred, _, _ = load_image(pred_path)
     pred = np.squeeze(np.asarray(pred))
     if pred.shape != image.shape:
@@ -226,8 +231,10 @@ def load_overlay_case(case: Any, pred_path: Path, regions: bool | None = None) -
     else:
         values = sorted(set(np.unique(pred).tolist()) | (set(np.unique(ref).tolist()) if ref is not None else set()))
         values = [v for v in values if v != 0]
-        ref_m = _classes_of(ref, values) if ref is not None else {}
-        pred_m = _classes_of(pred, values)
+        names = {int(k): str(v) for k, v in (label_names or case.extra.get("label_names") or {}).items()}
+        ref_m = {names.get(int(v), str(v)): m for v, m in zip(values, _classes_of(ref, values).values())} \
+            if ref is not None else {}
+        pred_m = {names.get(int(v), str(v)): m for v, m in zip(values, _classes_of(pred, values).values())}
     return OverlayCase(
         case_id=case.case_id,
         image=to_ras(image, affine),
