@@ -140,22 +140,39 @@ def drop_emulated_bf16(names: list[str], force: bool = False, what: str = "the b
     return [n for n in names if not n.endswith("bf16")]
 
 
+def _strided_pointwise(self: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """A 1×1 convolution with stride ``s`` and no padding is the stride-1 one on every
+    ``s``-th voxel: returns ``(x subsampled, stride)`` (``x`` unchanged for other convolutions).
+
+    Why: on torch 2.13 (CPU, one thread) the backward of a 2D 1×1 stride-2 convolution on a
+    channels-last input corrupts the heap for some small shapes (e.g. 2×4×16×16 → 8 channels,
+    "double free or corruption"; tests/infer/test_fastpath.py), both through oneDNN and
+    PyTorch's own path; the subsampled stride-1 form does not."""
+    stride = list(self.stride)
+    if all(k == 1 for k in self.kernel_size) and any(s > 1 for s in stride) and not any(self.padding):
+        x = x[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+        stride = [1] * len(stride)
+    return x, stride
+
+
 def _onednn_forward(self: nn.Conv2d | nn.Conv3d, x: torch.Tensor, nd: int, base: type) -> torch.Tensor:
     usable = (x.device.type == "cpu" and x.dim() == nd + 2 and self.padding_mode == "zeros"
               and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available())
-    if usable:
-        w, b = self.weight, self.bias
-        if torch.is_autocast_enabled("cpu"):
-            # autocast does not know this op: cast the way it would cast conv{2,3}d
-            dt = torch.get_autocast_dtype("cpu")
-            if dt == torch.bfloat16 and not onednn_bf16_supported():
-                return base.forward(self, x)
-            x, w = x.to(dt), w.to(dt)
-            b = b.to(dt) if b is not None else None
-        if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) and \
-                (x.dtype == torch.float32 or onednn_bf16_supported()):
-            return _mkldnn_conv(x, w, b, list(self.padding), list(self.stride), list(self.dilation), self.groups)
-    return base.forward(self, x)
+    if not usable:
+        return base.forward(self, x)
+    x, stride = _strided_pointwise(self, x)
+    w, b = self.weight, self.bias
+    if torch.is_autocast_enabled("cpu"):
+        # autocast does not know this op: cast the way it would cast conv{2,3}d
+        dt = torch.get_autocast_dtype("cpu")
+        x, w = x.to(dt), w.to(dt)
+        b = b.to(dt) if b is not None else None
+    if x.dtype == w.dtype and x.dtype in (torch.float32, torch.bfloat16) and \
+            (x.dtype == torch.float32 or onednn_bf16_supported()):
+        return _mkldnn_conv(x, w, b, list(self.padding), stride, list(self.dilation), self.groups)
+    # PyTorch's own convolution (e.g. emulated bf16, fp16), with the stride chosen above
+    conv = F.conv2d if nd == 2 else F.conv3d
+    return conv(x, w, b, stride, self.padding, self.dilation, self.groups)
 
 
 class OneDNNConv3d(nn.Conv3d):
