@@ -77,11 +77,14 @@ def test_hd95_definitions_differ_as_documented():
     b[30:34, 30:34, 30:34] = True  # 56 surface voxels: 7% of b's surface, 3.7% of both
     da, db = surface_distances(a, b)
     assert hd95(a, b, method="monai") == pytest.approx(max(np.percentile(da, 95), np.percentile(db, 95)))
-    assert hd95(a, b, method="medpy") == pytest.approx(np.percentile(np.concatenate([da, db]), 95))
-    assert hd95(a, b, method="monai") != pytest.approx(hd95(a, b, method="medpy"))
-    assert assd(a, b, method="medpy") == pytest.approx((da.mean() + db.mean()) / 2)
-    with pytest.raises(ValueError, match="unknown HD95"):
-        hd95(a, b, method="deepmind")
+    assert hd95(a, b, method="pooled") == pytest.approx(np.percentile(np.concatenate([da, db]), 95))
+    assert hd95(a, b, method="monai") != pytest.approx(hd95(a, b, method="pooled"))
+    assert assd(a, b, method="mean_of_means") == pytest.approx((da.mean() + db.mean()) / 2)
+    assert assd(a, b, method="pooled") == assd(a, b, method="monai") == pytest.approx(np.concatenate([da, db]).mean())
+    with pytest.raises(ValueError, match="renamed"):
+        hd95(a, b, method="medpy")
+    with pytest.raises(ValueError, match="unknown method"):
+        hd95(a, b, method="nope")
 
 
 def _random_blobs(seed: int, shape=(24, 22, 18)) -> np.ndarray:
@@ -164,18 +167,22 @@ def test_region_scores_per_region():
 
 # ---------------------------------------------------------------- lesion-wise (BraTS 2023)
 def test_lesion_wise_matching_fp_and_small_lesions():
+    # the BraTS 2023 script's rules (parity with a transcription of it: test_brats2023_official.py)
     ref = np.zeros((40, 40, 40), bool)
-    ref[2:8, 2:8, 2:8] = True        # lesion A, 216 voxels, predicted exactly
-    ref[20:26, 20:26, 20:26] = True  # lesion B, 216 voxels, missed
-    ref[35:37, 35:37, 35:37] = True  # 8 voxels: ignored (< 50)
+    ref[2:8, 2:8, 2:8] = True        # lesion A, 216 mm³, predicted exactly
+    ref[20:26, 20:26, 20:26] = True  # lesion B, 216 mm³, missed
+    ref[35:37, 35:37, 35:37] = True  # 8 mm³: at or under 50 mm³, left out of the scores
     pred = np.zeros_like(ref)
     pred[2:8, 2:8, 2:8] = True
     pred[30:35, 2:7, 2:7] = True     # 125-voxel false positive
-    pred[12:13, 30:31, 30:31] = True  # 1-voxel false positive: ignored
+    pred[12:13, 30:31, 30:31] = True  # 1-voxel false positive: counted too, whatever its size
     out = lesion_wise_scores(pred, ref)
-    assert (out["ref_lesions"], out["fp_lesions"]) == (2, 1)
-    assert out["dice"] == pytest.approx(1.0 / 3)
-    assert out["hd95"] == pytest.approx(2 * LESION_PENALTY / 3)
+    assert (out["num_tp"], out["num_fn"], out["num_fp"]) == (1, 1, 2)
+    assert out["dice"] == pytest.approx(1.0 / 4)
+    assert out["hd95"] == pytest.approx(3 * LESION_PENALTY / 4)
+    assert [x["counted"] for x in out["lesions"]] == [True, True, False]
+    # with 2 mm voxels (8 mm³ each) the 8-voxel lesion is 64 mm³: counted
+    assert len([x for x in lesion_wise_scores(pred, ref, (2.0, 2.0, 2.0))["lesions"] if x["counted"]]) == 3
 
 
 def test_lesion_wise_merges_close_reference_lesions_and_empty_cases():
@@ -183,10 +190,10 @@ def test_lesion_wise_merges_close_reference_lesions_and_empty_cases():
     ref[5:10, 5:10, 5:10] = True
     ref[12:17, 5:10, 5:10] = True   # 2 voxels apart: merged by the dilation into one lesion
     out = lesion_wise_scores(ref, ref)
-    assert out["ref_lesions"] == 1 and out["dice"] == 1.0 and out["hd95"] == 0.0
-    assert lesion_wise_scores(ref, ref, dilation=0)["ref_lesions"] == 2
+    assert len(out["lesions"]) == 1 and out["dice"] == 1.0 and out["hd95"] == 0.0
+    assert len(lesion_wise_scores(ref, ref, dilation=0)["lesions"]) == 2
     e = np.zeros_like(ref)
     assert lesion_wise_scores(e, e)["dice"] == 1.0
     # predicted components are never merged: two false positives
-    assert lesion_wise_scores(ref, e) == {"dice": 0.0, "hd95": LESION_PENALTY, "ref_lesions": 0, "fp_lesions": 2,
-                                          "lesions": []}
+    out = lesion_wise_scores(ref, e)
+    assert (out["dice"], out["hd95"], out["num_fp"], out["lesions"]) == (0.0, LESION_PENALTY, 2, [])

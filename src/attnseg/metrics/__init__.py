@@ -1,9 +1,11 @@
 """Segmentation metrics: overlap and surface-distance metrics of binary masks, BraTS region
-scores with the legacy empty-region rules, the BraTS 2023 lesion-wise variant, and folder
+scores with the legacy empty-region rules, the BraTS 2023 lesion-wise scores as the official
+script computes them, and folder
 evaluation (``attnseg evaluate``). See docs/metrics.md for every definition."""
 
 from attnseg.metrics.brats import (
     BRATS_MAX_HD95,
+    CHALLENGES,
     LESION_PENALTY,
     REGIONS,
     binary_scores,
@@ -11,9 +13,11 @@ from attnseg.metrics.brats import (
     lesion_wise_scores,
 )
 from attnseg.metrics.core import (
+    ASSD_METHODS,
     HD95_METHODS,
     assd,
     confusion,
+    deepmind_surface_distances,
     dice,
     hausdorff,
     hd95,
@@ -25,7 +29,9 @@ from attnseg.metrics.core import (
 )
 
 __all__ = [
+    "ASSD_METHODS",
     "BRATS_MAX_HD95",
+    "CHALLENGES",
     "HD95_METHODS",
     "LESION_PENALTY",
     "REGIONS",
@@ -33,6 +39,7 @@ __all__ = [
     "binary_scores",
     "brats_region_scores",
     "confusion",
+    "deepmind_surface_distances",
     "dice",
     "hausdorff",
     "hd95",

@@ -12,22 +12,27 @@ The surface of a mask is the set of its voxels that have at least one face neigh
 the mask (``mask XOR erode(mask)`` with the face-connectivity cross; outside the image counts
 as background). The distance of a surface voxel of A to B is the Euclidean distance (physical
 units when ``spacing`` is given) from its centre to the centre of the nearest surface voxel of
-B. This is what MONAI and MedPy both do; they differ only in how they summarise the two
-directed distance sets — see :func:`hd95`.
+B, found with a k-d tree on the surface voxels (never a distance transform of the volume).
+This is what MONAI and MedPy both do; they differ only in how they summarise the two directed
+distance sets — see :func:`hd95`. DeepMind's surface-distance package (the BraTS 2023 script)
+uses surface elements on the voxel-corner grid weighted by area instead:
+:func:`deepmind_surface_distances`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
+    "ASSD_METHODS",
     "HD95_METHODS",
     "as_bool",
     "assd",
     "confusion",
+    "deepmind_surface_distances",
     "dice",
     "hausdorff",
     "hd95",
@@ -38,7 +43,8 @@ __all__ = [
     "volume_difference",
 ]
 
-HD95_METHODS = ("monai", "medpy")
+HD95_METHODS = ("monai", "pooled", "deepmind")
+ASSD_METHODS = ("monai", "pooled", "mean_of_means", "deepmind")
 
 
 def as_bool(x) -> np.ndarray:
@@ -102,39 +108,142 @@ def volume_difference(pred, ref, spacing: Sequence[float] | None = None, relativ
     return diff * (float(np.prod(spacing)) if spacing is not None else 1.0)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    # face-connectivity erosion with the outside of the image counted as background
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1),
-                                          border_value=0)
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the True voxels (None when empty)."""
+    box = []
+    for ax in range(mask.ndim):
+        proj = np.flatnonzero(mask.any(axis=tuple(i for i in range(mask.ndim) if i != ax)))
+        if proj.size == 0:
+            return None
+        box.append(slice(int(proj[0]), int(proj[-1]) + 1))
+    return tuple(box)
+
+
+def _surface_points(mask: np.ndarray) -> np.ndarray:
+    """(n, ndim) int64 indices of the surface voxels: voxels with a face neighbour outside the
+    mask (outside the image counts as background). Computed on the mask's bounding box only."""
+    box = _box(mask)
+    if box is None:
+        return np.zeros((0, mask.ndim), np.int64)
+    m = np.pad(mask[box], 1)
+    core = tuple(slice(1, -1) for _ in range(m.ndim))
+    inner = m[core].copy()
+    for ax in range(m.ndim):
+        for shift in (0, 2):
+            sl = list(core)
+            sl[ax] = slice(shift, m.shape[ax] - 2 + shift)
+            inner &= m[tuple(sl)]
+    pts = np.argwhere(m[core] & ~inner)
+    return pts + np.array([b.start for b in box], np.int64)
+
+
+def _spacing(spacing: Sequence[float] | None, nd: int) -> tuple[float, ...]:
+    sp = (1.0,) * nd if spacing is None else tuple(float(s) for s in spacing)
+    if len(sp) != nd:
+        raise ValueError(f"spacing has {len(sp)} values for a {nd}-D mask")
+    return sp
+
+
+def _nearest(src: np.ndarray, dst: np.ndarray, sp: tuple[float, ...]) -> np.ndarray:
+    """Distance from every point of ``src`` to its nearest point of ``dst`` (index arrays).
+
+    The nearest point comes from a k-d tree on the points (the surfaces only, not the volume);
+    the distance is then computed from the integer offsets exactly as
+    ``scipy.ndimage.distance_transform_edt`` computes it (offset × spacing per axis, squared,
+    summed in axis order, square root), so the values equal those of a distance transform."""
+    if src.shape[0] == 0:
+        return np.zeros(0)
+    if dst.shape[0] == 0:
+        return np.full(src.shape[0], np.inf)
+    from scipy.spatial import cKDTree
+
+    scale = np.asarray(sp, np.float64)
+    _, idx = cKDTree(dst * scale).query(src * scale)
+    off = (dst[idx] - src).astype(np.float64) * scale
+    off *= off
+    sq = off[:, 0].copy()
+    for ax in range(1, off.shape[1]):
+        sq += off[:, ax]
+    return np.sqrt(sq)
 
 
 def surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances ``(pred→ref, ref→pred)`` as float64 arrays (one value per
-    surface voxel of the source mask). An empty target gives ``inf`` for every source voxel;
-    an empty source gives an empty array."""
+    surface voxel of the source mask, in C order of the voxels). An empty target gives ``inf``
+    for every source voxel; an empty source gives an empty array."""
     p, r = _pair(pred, ref)
-    nd = p.ndim
-    sp = None if spacing is None else tuple(float(s) for s in spacing)
-    if sp is not None and len(sp) != nd:
-        raise ValueError(f"spacing has {len(sp)} values for a {nd}-D mask")
-    union = p | r
-    if not union.any():
-        return np.zeros(0), np.zeros(0)
-    # crop to the union's bounding box plus one voxel: every surface voxel lies inside it,
-    # so distances between surfaces are unchanged and the transforms are much smaller
-    idx = np.nonzero(union)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
-    p, r = p[box], r[box]
-    sp_, sr = _surface(p), _surface(r)
+    sp = _spacing(spacing, p.ndim)
+    sp_, sr = _surface_points(p), _surface_points(r)
+    return _nearest(sp_, sr, sp), _nearest(sr, sp_, sp)
 
-    def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        if not src.any():
-            return np.zeros(0)
-        if not dst.any():
-            return np.full(int(np.count_nonzero(src)), np.inf)
-        return ndimage.distance_transform_edt(~dst, sampling=sp)[src].astype(np.float64)
 
-    return directed(sp_, sr), directed(sr, sp_)
+@functools.lru_cache(maxsize=32)
+def _deepmind_tables(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(2×…×2 neighbour-code kernel, code → surfel area/length table) of DeepMind's
+    surface-distance package for this spacing."""
+    try:  # optional: the surfel areas are DeepMind's marching-cubes table, not re-derived here
+        from surface_distance import lookup_tables
+    except ImportError as exc:
+        raise ImportError("the 'deepmind' surface-distance definition needs DeepMind's surface-distance package: "
+                          "pip install 'attnseg[brats2023]'") from exc
+    if len(spacing) == 3:
+        return (np.asarray(lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL),
+                np.asarray(lookup_tables.create_table_neighbour_code_to_surface_area(spacing), np.float64))
+    if len(spacing) == 2:
+        return (np.asarray(lookup_tables.ENCODE_NEIGHBOURHOOD_2D_KERNEL),
+                np.asarray(lookup_tables.create_table_neighbour_code_to_contour_length(spacing), np.float64))
+    raise ValueError(f"the 'deepmind' definition supports 2-D and 3-D masks, not {len(spacing)}-D")
+
+
+def _surfels(mask: np.ndarray, kernel: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeepMind surface elements of a mask: ``(corner indices (n, ndim), areas (n,))``.
+
+    Every corner of the voxel grid gets the code of its 2×…×2 neighbourhood (the kernel's bit
+    weights; corner ``c`` lies between voxels ``c − 1`` and ``c`` along each axis); corners whose
+    neighbourhood is neither empty nor full are surface elements, with the area (2-D: length)
+    the table gives for their code. Computed on the mask's bounding box only."""
+    box = _box(mask)
+    nd = mask.ndim
+    if box is None:
+        return np.zeros((0, nd), np.int64), np.zeros(0)
+    m = np.pad(mask[box], 1).astype(np.uint8)
+    out_shape = tuple(n - 1 for n in m.shape)
+    code = np.zeros(out_shape, np.uint8)
+    for a in np.ndindex(*kernel.shape):
+        code += m[tuple(slice(o, o + n) for o, n in zip(a, out_shape))] * np.uint8(kernel[a])
+    full = int(kernel.sum())
+    border = (code != 0) & (code != full)
+    pts = np.argwhere(border) + np.array([b.start for b in box], np.int64)
+    return pts, table[code[border]]
+
+
+def deepmind_surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """DeepMind ``surface_distance.compute_surface_distances(ref, pred, spacing)``, computed on
+    the surface elements only: sorted directed distances and the matching surfel areas.
+
+    Keys ``ref_to_pred``, ``ref_areas``, ``pred_to_ref``, ``pred_areas``; each distance array is
+    sorted by (distance, area) like DeepMind's. Needs the ``surface-distance`` package (its
+    surfel-area table)."""
+    p, r = _pair(pred, ref)
+    sp = _spacing(spacing, p.ndim)
+    kernel, table = _deepmind_tables(sp)
+    (pp, pa), (rp, ra) = _surfels(p, kernel, table), _surfels(r, kernel, table)
+    out = {}
+    for name, src, areas, dst in (("ref_to_pred", rp, ra, pp), ("pred_to_ref", pp, pa, rp)):
+        d = _nearest(src, dst, sp)
+        order = np.lexsort((areas, d))
+        out[name], out[name.split("_")[0] + "_areas"] = d[order], areas[order]
+    return out
+
+
+def _deepmind_percentile(d: np.ndarray, areas: np.ndarray, percentile: float) -> float:
+    # the first distance at which the cumulative surfel area reaches `percentile` % (DeepMind's
+    # compute_robust_hausdorff, one direction)
+    if d.size == 0:
+        return float("inf")
+    cum = np.cumsum(areas) / np.sum(areas)
+    idx = int(np.searchsorted(cum, percentile / 100.0))
+    return float(d[min(idx, d.size - 1)])
 
 
 def hausdorff(pred, ref, spacing: Sequence[float] | None = None) -> float:
@@ -150,20 +259,28 @@ def hausdorff(pred, ref, spacing: Sequence[float] | None = None) -> float:
 def hd95(pred, ref, spacing: Sequence[float] | None = None, method: str = "monai", percentile: float = 95.0) -> float:
     """95th-percentile Hausdorff distance; ``nan`` if both masks are empty, ``inf`` if one is.
 
-    ``method``:
-      * ``"monai"`` (default; MONAI ``HausdorffDistanceMetric(percentile=95)``, also the BraTS
-        CaPTk definition): the 95th percentile of each directed surface-distance set, then the
-        larger of the two.
-      * ``"medpy"`` (MedPy ``hd95``): the 95th percentile of the union of both directed sets.
-    Percentiles interpolate linearly between order statistics (numpy/torch default).
+    ``method`` (see docs/metrics.md for who uses which):
+      * ``"monai"`` (default; MONAI ``HausdorffDistanceMetric(percentile=95)``): the 95th
+        percentile of each directed set of surface-voxel distances, then the larger of the two.
+      * ``"pooled"`` (MedPy ``hd95``, panoptica, hence the BraTS 2024+ package): the 95th
+        percentile of the union of both directed sets.
+      * ``"deepmind"`` (DeepMind ``compute_robust_hausdorff``, used by the BraTS 2023 script):
+        surface elements on the voxel-corner grid weighted by their area; per direction the
+        smallest distance at which the cumulative area reaches 95 %, then the larger of the two.
+        Needs the ``surface-distance`` package (``attnseg[brats2023]``).
+    Percentiles of ``monai``/``pooled`` interpolate linearly between order statistics.
     """
-    if method not in HD95_METHODS:
-        raise ValueError(f"unknown HD95 method {method!r}; choose from {HD95_METHODS}")
-    a, b = surface_distances(pred, ref, spacing)
-    if a.size == 0 and b.size == 0:
+    method = _check_method(method, HD95_METHODS)
+    p, r = _pair(pred, ref)
+    if not p.any() and not r.any():
         return float("nan")
-    if a.size == 0 or b.size == 0:
+    if not p.any() or not r.any():
         return float("inf")
+    if method == "deepmind":
+        s = deepmind_surface_distances(p, r, spacing)
+        return max(_deepmind_percentile(s["ref_to_pred"], s["ref_areas"], percentile),
+                   _deepmind_percentile(s["pred_to_ref"], s["pred_areas"], percentile))
+    a, b = surface_distances(p, r, spacing)
     if method == "monai":
         return float(max(np.percentile(a, percentile), np.percentile(b, percentile)))
     return float(np.percentile(np.concatenate([a, b]), percentile))
@@ -172,18 +289,33 @@ def hd95(pred, ref, spacing: Sequence[float] | None = None, method: str = "monai
 def assd(pred, ref, spacing: Sequence[float] | None = None, method: str = "monai") -> float:
     """Average symmetric surface distance; ``nan`` if both masks are empty, ``inf`` if one is.
 
-    ``"monai"`` (default; MONAI ``SurfaceDistanceMetric(symmetric=True)``): mean over the union
-    of both directed distance sets, so every surface voxel counts once. ``"medpy"`` (MedPy
-    ``assd``, used by the AMIS reference): the mean of the two directed means, so the smaller
-    surface weighs as much as the larger one.
+    ``"monai"`` and ``"pooled"`` (MONAI ``SurfaceDistanceMetric(symmetric=True)``, MedPy ≥ 0.5
+    ``assd``): mean over the union of both directed distance sets, so every surface voxel counts
+    once. ``"mean_of_means"`` (MedPy ≤ 0.4 ``assd``, the AMIS reference's ASSD): the mean of the
+    two directed means, so the smaller surface weighs as much as the larger one.
+    ``"deepmind"``: mean of DeepMind's two area-weighted directed averages
+    (``compute_average_surface_distance``).
     """
-    if method not in HD95_METHODS:
-        raise ValueError(f"unknown ASSD method {method!r}; choose from {HD95_METHODS}")
-    a, b = surface_distances(pred, ref, spacing)
-    if a.size == 0 and b.size == 0:
+    method = _check_method(method, ASSD_METHODS)
+    p, r = _pair(pred, ref)
+    if not p.any() and not r.any():
         return float("nan")
-    if a.size == 0 or b.size == 0:
+    if not p.any() or not r.any():
         return float("inf")
-    if method == "medpy":
+    if method == "deepmind":
+        s = deepmind_surface_distances(p, r, spacing)
+        return float((np.sum(s["ref_to_pred"] * s["ref_areas"]) / np.sum(s["ref_areas"])
+                      + np.sum(s["pred_to_ref"] * s["pred_areas"]) / np.sum(s["pred_areas"])) / 2)
+    a, b = surface_distances(p, r, spacing)
+    if method == "mean_of_means":
         return float((a.mean() + b.mean()) / 2)
     return float(np.concatenate([a, b]).mean())
+
+
+def _check_method(method: str, allowed: tuple[str, ...]) -> str:
+    if method == "medpy":
+        raise ValueError("method 'medpy' was renamed: 'pooled' is MedPy's hd95 (and MedPy >= 0.5 assd); "
+                         "'mean_of_means' is the assd of MedPy <= 0.4")
+    if method not in allowed:
+        raise ValueError(f"unknown method {method!r}; choose from {allowed}")
+    return method

@@ -24,10 +24,11 @@ import numpy as np
 
 from attnseg.metrics.brats import REGIONS, binary_scores, lesion_wise_scores
 
-__all__ = ["SUMMARY_METRICS", "evaluate_case", "evaluate_folders", "find_pairs", "summarize", "write_outputs"]
+__all__ = ["BRATS2024_CONFIGS", "SUMMARY_METRICS", "evaluate_brats2024", "evaluate_case", "evaluate_folders",
+           "find_pairs", "summarize", "write_outputs"]
 
 SUMMARY_METRICS = ("dice", "hd95", "jaccard", "sensitivity", "specificity", "assd", "volume_diff",
-                   "lesion_dice", "lesion_hd95")
+                   "lesion_dice", "lesion_hd95", "num_tp", "num_fp", "num_fn", "legacy_dice", "legacy_hd95")
 
 
 def _stem(name: str) -> str:
@@ -82,8 +83,14 @@ def _convention(values: set[int], where: str) -> str:
 
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", labels: Sequence[int] | None = None,
                   spacing: Sequence[float] | None = None, hd_method: str = "monai", empty: str = "brats",
-                  lesion_wise: bool = False, where: str = "case") -> list[dict[str, Any]]:
-    """Rows ``{region, dice, hd95, ...}`` for one pair of integer label maps of equal shape."""
+                  lesion_wise: bool = False, challenge: str = "GLI", lesion_spacing: Sequence[float] | None = None,
+                  where: str = "case", label_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """Rows ``{region, dice, hd95, ...}`` for one pair of integer label maps of equal shape.
+
+    ``lesion_wise`` adds the BraTS 2023 script's columns (``lesion_dice``, ``lesion_hd95``,
+    ``num_tp``, ``num_fp``, ``num_fn``, ``legacy_dice``, ``legacy_hd95``) with the parameters of
+    ``challenge``, computed with ``lesion_spacing`` (the script uses the prediction header's
+    voxel sizes; default ``spacing``, else 1 mm) and a ``lesions`` list (the per-lesion table)."""
     from attnseg.data.labels import brats_to_regions
 
     pred, ref = np.asarray(pred), np.asarray(ref)
@@ -94,16 +101,18 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", 
         masks = [(name, p, r) for name, p, r in zip(REGIONS, brats_to_regions(pred, conv), brats_to_regions(ref, conv))]
     elif regions == "labels":
         vals = labels if labels else sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
-        masks = [(str(v), pred == v, ref == v) for v in vals]
+        names = {int(k): str(v) for k, v in (label_names or {}).items()}
+        masks = [(names.get(int(v), str(v)), pred == v, ref == v) for v in vals]
     else:
         raise ValueError(f"regions must be 'brats' or 'labels', got {regions!r}")
     rows = []
     for name, p, r in masks:
         row: dict[str, Any] = {"region": name, **binary_scores(p, r, spacing, empty=empty, hd_method=hd_method)}
         if lesion_wise:
-            lw = lesion_wise_scores(p, r, spacing, hd_method=hd_method)
-            row.update(lesion_dice=lw["dice"], lesion_hd95=lw["hd95"], ref_lesions=lw["ref_lesions"],
-                       fp_lesions=lw["fp_lesions"])
+            lw = lesion_wise_scores(p, r, lesion_spacing if lesion_spacing is not None else spacing, challenge)
+            row.update(lesion_dice=lw["dice"], lesion_hd95=lw["hd95"], num_tp=lw["num_tp"], num_fp=lw["num_fp"],
+                       num_fn=lw["num_fn"], legacy_dice=lw["legacy_dice"], legacy_hd95=lw["legacy_hd95"],
+                       lesions=lw["lesions"])
         rows.append(row)
     return rows
 
@@ -112,7 +121,7 @@ def _evaluate_pair(args: tuple) -> list[dict[str, Any]]:
     from attnseg.data.io import load_image, spacing_from_affine
 
     cid, pp, rp, kw, spacing_aware = args
-    pred, paff, _ = load_image(pp)
+    pred, paff, pheader = load_image(pp)
     ref, raff, _ = load_image(rp)
     for arr, path in ((pred, pp), (ref, rp)):
         if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
@@ -121,23 +130,35 @@ def _evaluate_pair(args: tuple) -> list[dict[str, Any]]:
         raise ValueError(f"{pp}: affine differs from the reference {rp} (max difference "
                          f"{np.abs(paff - raff).max():.3g}); the maps are not in the same space")
     spacing = spacing_from_affine(raff)[: ref.ndim] if spacing_aware else None
+    # the BraTS 2023 script takes the voxel sizes from the prediction's header (get_zooms)
+    lesion_spacing = (tuple(float(z) for z in pheader.get_zooms()[: pred.ndim]) if pheader is not None
+                      else spacing_from_affine(paff)[: pred.ndim])
     rows = evaluate_case(np.rint(pred).astype(np.int16), np.rint(ref).astype(np.int16), spacing=spacing,
-                         where=str(pp), **kw)
+                         lesion_spacing=lesion_spacing, where=str(pp), **kw)
     return [{"case_id": cid, **r} for r in rows]
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, *, regions: str = "brats",
                      labels: Sequence[int] | None = None, spacing_aware: bool = False, hd_method: str = "monai",
-                     empty: str = "brats", lesion_wise: bool = False, workers: int = 1,
+                     empty: str = "brats", lesion_wise: bool = False, challenge: str = "GLI", workers: int = 1,
                      strict: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score every matched case. Returns ``(rows, info)``: one row per case and region, and
-    ``info`` with the unmatched case ids. ``strict``: a prediction without a reference is an error."""
+    ``info`` with the unmatched case ids. ``strict``: a prediction without a reference is an error.
+
+    ``regions="auto"`` (see :func:`reference_dataset`): ``labels`` (named after ``dataset.json``)
+    for nnU-Net/MSD references and every non-BraTS folder, ``brats`` for BraTS data. ``info``
+    records the prediction and reference folders and, when known, the dataset root, its subset
+    and the label names (``attnseg report`` finds the images for its overlays there)."""
+    ref_info = reference_dataset(ref_dir)
+    if regions == "auto":
+        regions = ref_info["regions"]
     pairs, no_ref, no_pred = find_pairs(pred_dir, ref_dir)
     if strict and no_ref:
         raise ValueError(f"{pred_dir}: predictions without a reference: {', '.join(no_ref[:10])}")
     if not pairs:
         raise ValueError(f"no case ids in common between {pred_dir} and {ref_dir}")
-    kw = {"regions": regions, "labels": labels, "hd_method": hd_method, "empty": empty, "lesion_wise": lesion_wise}
+    kw = {"regions": regions, "labels": labels, "hd_method": hd_method, "empty": empty, "lesion_wise": lesion_wise,
+          "challenge": challenge, "label_names": ref_info["label_names"] if regions == "labels" else None}
     jobs = [(cid, pp, rp, kw, spacing_aware) for cid, pp, rp in pairs]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
@@ -150,7 +171,45 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, *,
     units = "mm" if spacing_aware else "voxels"
     return rows, {"cases": len(pairs), "predictions_without_reference": no_ref,
                   "references_without_prediction": no_pred, "distance_units": units, "hd_method": hd_method,
-                  "empty_rule": empty, "regions": regions}
+                  "empty_rule": empty, "regions": regions, "pred": str(Path(pred_dir).resolve()),
+                  "ref": str(Path(ref_dir).resolve()), "data": ref_info["data"], "subset": ref_info["subset"],
+                  "label_names": ref_info["label_names"] if regions == "labels" else None,
+                  **({"lesion_wise": f"BraTS 2023 script, {challenge} parameters, HD95 deepmind in mm"}
+                     if lesion_wise else {})}
+
+
+def reference_dataset(ref_dir: str | os.PathLike) -> dict[str, Any]:
+    """What the reference folder belongs to: ``{data, subset, label_names, regions}``.
+
+    ``REF`` = an nnU-Net/MSD ``labelsTr``/``labelsTs`` folder (or the dataset root, ``Tr``): the
+    dataset root, that subset, the names of ``dataset.json`` and ``regions="labels"``; a BraTS
+    dataset: ``regions="brats"``; anything else: ``regions="labels"``, unless the label maps hold
+    the value 4 (BraTS 2018–2021 labels).
+    """
+    from attnseg.data.readers import detect_layout, label_names_from_json, read_dataset_json
+
+    ref = Path(ref_dir).resolve()
+    out: dict[str, Any] = {"data": None, "subset": None, "label_names": None, "regions": "labels"}
+    root, subset = (ref.parent, ref.name[-2:]) if ref.name in ("labelsTr", "labelsTs") else (ref, "Tr")
+    if (root / "dataset.json").is_file():
+        names = label_names_from_json(read_dataset_json(root).get("labels"))
+        out.update(data=str(root), subset=subset, label_names=names or None)
+        return out
+    try:
+        layout = detect_layout(ref)
+    except ValueError:
+        layout = None
+    if layout == "brats":
+        out.update(data=str(ref), regions="brats")
+        return out
+    files = _label_files(ref) if ref.is_dir() else {}
+    if files:
+        from attnseg.data.io import load_image
+
+        first = load_image(next(iter(files.values())))[0]
+        if 4 in set(np.unique(np.rint(first)).astype(int).tolist()):
+            out["regions"] = "brats"
+    return out
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -195,7 +254,7 @@ def write_outputs(rows: Sequence[dict[str, Any]], summary: dict[str, Any], info:
     """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` to ``out_dir`` (atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "lesions"]
     paths = {"per_case": out / "per_case.csv", "summary_json": out / "summary.json", "summary_md": out / "summary.md"}
 
     def atomic(path: Path, write) -> None:
@@ -208,15 +267,27 @@ def write_outputs(rows: Sequence[dict[str, Any]], summary: dict[str, Any], info:
         wr = csv.DictWriter(fh, fieldnames=cols)
         wr.writeheader()
         for r in rows:
-            wr.writerow({k: (_fmt(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+            wr.writerow({k: (_fmt(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "lesions"})
+
+    def w_lesions(fh):
+        wr = csv.writer(fh)
+        wr.writerow(["case_id", "region", "lesion", "volume_mm3", "dice", "hd95_mm", "matched", "counted"])
+        for r in rows:
+            for x in r.get("lesions", []):
+                wr.writerow([r.get("case_id"), r["region"], x["lesion"], _fmt(x["volume"], 6), _fmt(x["dice"], 6),
+                             _fmt(x["hd95"], 6), " ".join(str(m) for m in x["matched"]), int(x["counted"])])
 
     atomic(paths["per_case"], w_csv)
+    if any("lesions" in r for r in rows):
+        paths["lesions"] = out / "lesions.csv"
+        atomic(paths["lesions"], w_lesions)
     atomic(paths["summary_json"], lambda fh: json.dump({"info": info, "summary": summary}, fh, indent=2,
                                                        allow_nan=True))
     units = info.get("distance_units", "voxels")
     metrics = [m for m in ("dice", "hd95", "assd", "sensitivity", "specificity", "jaccard", "lesion_dice",
                            "lesion_hd95") if any(m in s for s in summary.values())]
-    head = ["region"] + [f"{m} ({units})" if m in ("hd95", "assd", "lesion_hd95") else m for m in metrics]
+    head = ["region"] + [f"{m} ({units})" if m in ("hd95", "assd") else f"{m} (mm)" if m == "lesion_hd95" else m
+                         for m in metrics]
     lines = [f"Evaluation of {info.get('cases')} case(s); HD95 definition: {info.get('hd_method')}; empty-region "
              f"rule: {info.get('empty_rule')}; cells: mean ± std (median)", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -229,3 +300,66 @@ def write_outputs(rows: Sequence[dict[str, Any]], summary: dict[str, Any], info:
             lines += ["", f"{len(info[key])} {label}: {', '.join(info[key][:20])}"]
     atomic(paths["summary_md"], lambda fh: fh.write("\n".join(lines) + "\n"))
     return paths
+
+
+# default bundled config of the official BraTS 2024+ package per sub-challenge
+BRATS2024_CONFIGS = {"GLI": "gli", "SSA": "gli", "PED": "ped", "MET": "mets", "MEN": "MenPre"}
+
+
+def evaluate_brats2024(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                       config: str | None = None, challenge: str = "GLI", strict: bool = False) -> dict[str, Any]:
+    """Score the matched cases with the official BraTS 2024+ metrics package
+    (``brats-evaluation``, built on panoptica), without re-implementing anything.
+
+    For each case ``brats_evaluation.evaluate_single_exam`` with the evaluator of ``config``
+    (a bundled name: gli, ped, mets, MenRT, MenPre, GoAT, or a YAML path; default from
+    ``challenge``); references without a prediction go to the package's ``missings`` (it
+    penalises them). Writes ``OUT/brats2024_results.json`` (the package's JSON layout) and
+    ``OUT/brats2024_metrics.csv`` (the package's ``parse_seg_results``; ``parse_mets_results``
+    with its CLI defaults 20 mm³ / 0.1 for the mets config). Returns ``dict(config, cases, json,
+    csv, means)`` with ``means`` the CSV's mean row (numeric columns)."""
+    try:  # optional: the official BraTS 2024+ package (attnseg[brats])
+        import brats_evaluation
+        from panoptica import Panoptica_Evaluator
+    except ImportError as exc:
+        raise ImportError("--protocol brats2024 needs the official BraTS package brats-evaluation: pip install "
+                          f"'attnseg[brats]' (its panoptica pins numpy<2.3 and pandas<3) [{exc}]") from exc
+    name = config or BRATS2024_CONFIGS[challenge]
+    cfg = Path(name) if Path(name).suffix in (".yaml", ".yml") else brats_evaluation.config_path(name)
+    if not Path(cfg).is_file():
+        raise FileNotFoundError(f"{cfg}: BraTS evaluation config not found")
+    pairs, no_ref, no_pred = find_pairs(pred_dir, ref_dir)
+    if strict and no_ref:
+        raise ValueError(f"{pred_dir}: predictions without a reference: {', '.join(no_ref[:10])}")
+    if not pairs:
+        raise ValueError(f"no case ids in common between {pred_dir} and {ref_dir}")
+    evaluator = Panoptica_Evaluator.load_from_config(str(cfg))
+    metrics = []
+    for cid, pp, rp in pairs:
+        res = brats_evaluation.evaluate_single_exam(str(pp), str(rp), cid, evaluator)
+        if "error" in res:
+            raise ValueError(f"{pp}: the BraTS evaluation package failed on this case: {res['error']}")
+        metrics.append(res)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, csv_path = out / "brats2024_results.json", out / "brats2024_metrics.csv"
+    tmp = js.with_name(f".{js.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"metrics": metrics, "missings": list(no_pred)}, fh, indent=4)
+    os.replace(tmp, js)
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
+    if name == "mets":
+        brats_evaluation.parse_mets_results(str(js), 20.0, 0.1, str(tmp_csv))
+    else:
+        brats_evaluation.parse_seg_results(str(js), str(tmp_csv))
+    os.replace(tmp_csv, csv_path)
+    with open(csv_path, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    mean_row = next((r for r in table if r.get("subject_id") == "mean"), {})
+    means = {}
+    for k, v in mean_row.items():
+        try:
+            means[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return {"config": str(name), "cases": len(pairs), "json": js, "csv": csv_path, "means": means}
