@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,37 @@ def table_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     return rows, columns
 
 
+def run_on_devices(jobs: Sequence[Any], devices: Sequence[str], submit: Callable[[Any, str], Future],
+                   done: Callable[[Any], None] = lambda job: None) -> None:
+    """Run ``jobs`` with one job per device at a time: a job starts on a device only when that
+    device is free, so no device holds two jobs while another idles (a fixed round-robin
+    assignment queues jobs behind a slow one). ``submit(job, device)`` starts a job and returns
+    its future; the first failure is re-raised after the running jobs finish."""
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"--devices names a device twice: {','.join(devices)}")
+    pending = list(jobs)
+    free = list(devices)
+    running: dict[Future, tuple[Any, str]] = {}
+    error: BaseException | None = None
+    while pending or running:
+        while pending and free and error is None:
+            job, device = pending.pop(0), free.pop(0)
+            running[submit(job, device)] = (job, device)
+        if not running:
+            break
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for f in finished:
+            job, device = running.pop(f)
+            free.append(device)
+            exc = f.exception()
+            if exc is not None:
+                error = error or exc
+            else:
+                done(job)
+    if error is not None:
+        raise error
+
+
 def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: Sequence[str], out_dir: str | Path,
                  *, budget_minutes: float | None = None, seeds: int = 1, devices: Sequence[str] = (),
                  command: str | None = None, log: Callable[[str], None] = _log) -> Path:
@@ -183,11 +214,11 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already finished")
     if devices and len(devices) > 1:
         with ProcessPoolExecutor(len(devices)) as pool:
-            futures = [pool.submit(run_cell, config, c, out, budget_minutes, devices[i % len(devices)])
-                       for i, c in enumerate(todo)]
-            for c, f in zip(todo, futures):
-                f.result()
-                log(f"finished {c.name}")
+            def submit(c: Cell, device: str) -> Future:
+                log(f"training {c.name} on {device}")
+                return pool.submit(run_cell, config, c, out, budget_minutes, device)
+
+            run_on_devices(todo, devices, submit, lambda c: log(f"finished {c.name}"))
     else:
         for c in todo:
             log(f"training {c.name}")

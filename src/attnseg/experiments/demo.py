@@ -70,6 +70,18 @@ def ensure_phantom_data(root: Path, train_cases: int, test_cases: int, seed: int
     return folders["train"][0], folders["test"][0]
 
 
+def predict_settings(cfg: dict[str, Any]) -> tuple[str, str]:
+    """``(device, precision)`` for predicting with the model ``cfg`` trained: the training device
+    and the sliding-window precision matching the training precision (the predictor takes
+    fp32/bf16; ``mixed``/``fp16``/``auto`` are mapped, never passed through)."""
+    from attnseg.train.config import resolve_config
+    from attnseg.train.distributed import inference_precision, pick_device
+
+    full = resolve_config(cfg)
+    device = pick_device(full["device"], env={})  # the demo runs in one process
+    return str(device), inference_precision(str(full["train"]["precision"]), device)
+
+
 def demo_config(train_dir: Path, out_dir: Path, seed: int, overrides: Sequence[str] = (),
                 base: Path = DEMO_CONFIG) -> dict[str, Any]:
     """The training config of the demo: ``demo-panet.yaml`` pointed at the phantom data."""
@@ -114,9 +126,10 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
     pred_dir, eval_dir = run_dir / "predictions", run_dir / "eval"
     t0 = time.perf_counter()
     val = cfg.get("validation", {})
+    device, precision = predict_settings(cfg)
     predictor = load_predictor(ckpt, roi_size=cfg["data"]["patch_size"], overlap=0.5,
                                sw_batch_size=int(val.get("sw_batch_size", 2)), tta=tta,
-                               precision=str(cfg["train"].get("precision", "fp32")), blend="gaussian")
+                               precision=precision, blend="gaussian", device=device)
     log(f"predicting {test_cases} held-out cases with {ckpt.name} (Gaussian sliding window"
         f"{', mirroring' if tta else ''}) → {pred_dir}")
     results = predict_cases(predictor, test_dir, pred_dir, layout="brats", resume=resume, log=log)

@@ -17,6 +17,7 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -199,7 +200,7 @@ def run_exported(path: str | os.PathLike, x: torch.Tensor, fmt: str | None = Non
         return torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
     module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
-        return module(x)
+        return module(x.detach().cpu())
 
 
 def verify_export(path: str | os.PathLike, model: nn.Module, inputs: Sequence[torch.Tensor],
@@ -210,13 +211,15 @@ def verify_export(path: str | os.PathLike, model: nn.Module, inputs: Sequence[to
     Raises :class:`ExportError` when the exported file cannot run an input or returns another shape.
     """
     wrapper = InferenceWrapper(model).eval()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     worst = 0.0
     references = list(references or [])
     for i, x in enumerate(inputs):
         ref = references[i] if i < len(references) else None
         if ref is None:
             with torch.no_grad():
-                ref = wrapper(x)
+                ref = wrapper(x.to(dev))
+        ref = ref.detach().cpu()  # the exported file runs on the CPU; compare there
         try:
             got = run_exported(path, x, fmt)
         except Exception as exc:
@@ -245,9 +248,13 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     if exporter not in ("auto", "legacy", "dynamo"):
         raise ValueError(f"exporter must be auto, legacy or dynamo, got {exporter!r}")
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        # export (and its check) run on the CPU: a CPU copy keeps the caller's GPU model as it is
+        # and gives a file without device-specific constants
+        model = copy.deepcopy(model).cpu()
     model = model.eval()
     wrapper = InferenceWrapper(model).eval()
-    example = example.detach().float()
+    example = example.detach().float().cpu()
     with torch.no_grad():
         ref_out = wrapper(example)
     tmp, final = _atomic_target(Path(path))

@@ -212,7 +212,8 @@ class CombinedBoostedLoss(nn.Module):
     @torch.no_grad()
     def feedback(self, foreground_dice: list[float] | torch.Tensor) -> torch.Tensor:
         """Update the boosting coefficients from the training Dice of classes 1..C-1."""
-        d = torch.as_tensor(foreground_dice, dtype=torch.float32)
+        # on the module's device whatever the Dice came as (a list, a CPU or a GPU tensor)
+        d = torch.as_tensor(foreground_dice, dtype=torch.float32).to(self.coeff.device)
         m = d.min() - 0.05
         self.coeff = (d.median() - m) / (d - m)
         return self.coeff
@@ -223,7 +224,8 @@ class CombinedBoostedLoss(nn.Module):
         if self.coeff.numel() == 0:
             return dice + F.cross_entropy(logits.float(), cls, weight=self.class_weights)
         per_voxel = F.cross_entropy(logits.float(), cls, reduction="none")
-        w = torch.cat([self.coeff.new_zeros(1), self.coeff.to(logits.device)])[cls]
+        coeff = self.coeff.to(logits.device)
+        w = torch.cat([coeff.new_zeros(1), coeff])[cls]
         return dice + (per_voxel * w).mean()
 
 
