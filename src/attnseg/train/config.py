@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_interval": 1,  # write last.pt every N epochs (and at every validation)
         "stop_after_epochs": None,  # stop early after this many epochs in this process (tests, jobs)
         "max_minutes": None,  # wall-clock budget of this process; the epoch that exceeds it is the last
+        "max_nonfinite_steps": 5,  # consecutive NaN/Inf losses (skipped steps) that stop the run
     },
     "loss": {
         "name": "dice_ce",

@@ -38,10 +38,12 @@ class NonFiniteGuard:
         last_good: called when stopping; returns e.g. ``"runs/x/checkpoints/last.pt (epoch 3)"``.
         sync: turns the local "this step is bad" flag into a global one (e.g. an all-reduce MAX
             under DDP, so that every rank skips the same steps and no rank waits in backward).
+        max_scaler_skips: consecutive steps a GradScaler may skip for overflowing gradients
+            (each halves its scale; a few in a row are normal while the scale settles).
     """
 
     def __init__(self, max_consecutive: int = 5, last_good: Callable[[], str] | None = None,
-                 sync: Callable[[bool], bool] | None = None) -> None:
+                 sync: Callable[[bool], bool] | None = None, max_scaler_skips: int = 50) -> None:
         if max_consecutive < 1:
             raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}")
         self.max_consecutive = int(max_consecutive)
@@ -50,6 +52,8 @@ class NonFiniteGuard:
         self.skipped = 0  # all skipped steps so far
         self.consecutive = 0  # current streak
         self.skipped_this_epoch = 0
+        self.max_scaler_skips = int(max_scaler_skips)
+        self.scaler_streak = 0
 
     def new_epoch(self) -> None:
         self.skipped_this_epoch = 0
@@ -90,6 +94,23 @@ class NonFiniteGuard:
         if ok:
             self.mark_good()
         return ok
+
+    def scaler_step(self, skipped: bool, *, epoch: int, iteration: int) -> None:
+        """Record whether the GradScaler skipped this step (its scale went down); stops training
+        when it skipped ``max_scaler_skips`` steps in a row (it would otherwise skip forever)."""
+        if not skipped:
+            self.scaler_streak = 0
+            self.mark_good()
+            return
+        self.skipped += 1
+        self.skipped_this_epoch += 1
+        self.scaler_streak += 1
+        if self.scaler_streak >= self.max_scaler_skips:
+            raise NonFiniteLossError(
+                f"training stopped: the GradScaler found Inf/NaN gradients in {self.scaler_streak} consecutive "
+                f"steps (epoch {epoch}, iteration {iteration}); nothing was saved from this state; last good "
+                f"checkpoint: {self.last_good()}; use precision bf16 or fp32, a lower learning rate or "
+                f"train.grad_clip, then resume from it")
 
     def mark_good(self) -> None:
         """A step was taken: the streak of bad steps ends (:meth:`grads_ok` calls it; call it

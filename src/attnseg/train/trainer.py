@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attnseg.runtime.lock import FolderLock
+from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
 from attnseg.train.data import (
@@ -61,6 +63,7 @@ from attnseg.train.distributed import (
     setup_distributed,
     unused_parameters,
 )
+from attnseg.train.guard import NonFiniteGuard
 from attnseg.train.losses import build_training_loss
 from attnseg.train.schedules import PlateauSchedule, build_optimizer, build_schedule
 
@@ -365,21 +368,36 @@ def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.
     if fast:
         _fastpath().enable_cpu_fastpaths()
     run_dir = Path(cfg["output_dir"]) / cfg["name"]
+    new_folder = not run_dir.exists()
+    # one training process (rank 0) per run folder: a second is refused with the first's pid and host
+    lock = FolderLock(run_dir, "training")
+    if dd.main:
+        lock.acquire()
+    try:
+        return _run_locked(cfg, device, dd, resume, volumes, run_dir, new_folder, fast, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.PathLike | bool | None,
+                volumes: tuple[Sequence[Volume], Sequence[Volume]] | None, run_dir: Path, new_folder: bool,
+                fast: bool, lock: FolderLock) -> RunResult:
     ckpt_path = _resolve_resume(resume, run_dir)
     ckpt = None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
     elif (run_dir / "checkpoints" / "last.pt").exists():
         raise ValueError(f"{run_dir} already holds a run; resume it with --resume or choose another --name")
-    new_folder = not run_dir.exists()
     folder = RunFolder(run_dir, dd.main, cfg)
+    if dd.main and lock.taken_over is not None:
+        LOG.warning("%s", lock.describe_takeover())
     if dd.main:
         LOG.setLevel(logging.INFO)
         _stale_temp_files(run_dir / "checkpoints")
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         (run_dir / "env.json").write_text(json.dumps(_env_info(device, dd.world), indent=2) + "\n")
     try:
-        return _train(cfg, device, dd, fast, folder, ckpt, volumes)
+        return _train(cfg, device, dd, fast, folder, ckpt, volumes, ckpt_path)
     except BaseException as exc:
         if dd.main:
             if isinstance(exc, KeyboardInterrupt):
@@ -409,7 +427,8 @@ def _spatial_dims(model: nn.Module) -> int:
 
 
 def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, folder: RunFolder,
-           ckpt: dict[str, Any] | None, volumes: tuple[Sequence[Volume], Sequence[Volume]] | None) -> RunResult:
+           ckpt: dict[str, Any] | None, volumes: tuple[Sequence[Volume], Sequence[Volume]] | None,
+           ckpt_path: Path | None = None) -> RunResult:
     tr, dcfg, vcfg, task = cfg["train"], cfg["data"], cfg["validation"], cfg["task"]
     kind = task["kind"]
     # ---- data
@@ -486,45 +505,63 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                                          persistent_workers=workers > 0,
                                          prefetch_factor=int(dcfg.get("prefetch", 2)) if workers > 0 else None)
     log_every = max(int(cfg["log"]["interval"]), 1)
-    guard = _NonFiniteMonitor(dd.main)
+    # last checkpoint written from a good state (named when non-finite steps stop the run)
+    last_good = [f"{ckpt_path} (epoch {start_epoch})" if ckpt_path is not None else "none written yet"]
+    guard = NonFiniteGuard(int(tr["max_nonfinite_steps"]), lambda: last_good[0],
+                           sync=(lambda bad: any_rank(bad, dd)) if dd.world > 1 else None)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         batches.set_epoch(epoch)
         model.train()
         sums: dict[str, torch.Tensor] = {}
+        guard.new_epoch()
         progress.start(epoch, epochs, iters)
-        for step, batch in enumerate(loader, 1):
+        for step, batch in _batches(loader, epoch, iteration, last_good):
             loss, parts, n_batch = _forward_loss(model, criterion, batch, device, fast, amp_dtype, kind)
-            # NaN/Inf guard: one call site per step (the fault-handling guard of issue #20 belongs here)
-            guard.observe(loss)
+            # a NaN/Inf loss is skipped (no backward, no optimizer or scaler step) and counted; the guard
+            # stops the run after train.max_nonfinite_steps in a row (one host sync per step)
+            if not guard.loss_ok(loss, epoch=epoch + 1, iteration=iteration + 1):
+                if dd.main:
+                    LOG.warning("epoch %d iteration %d: non-finite loss, step skipped (%d in a row)", epoch + 1,
+                                iteration + 1, guard.consecutive)
+                schedule.step()
+                iteration += 1
+                progress.update(loss, schedule.get_last_lr()[0], n_batch * dd.world, False)
+                continue
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
                 _clip(raw, tr["grad_clip"])
+                scale = scaler.get_scale()
                 scaler.step(optimizer)
                 scaler.update()
+                # the scaler skipped the step when its scale went down (Inf/NaN gradients)
+                guard.scaler_step(scaler.get_scale() < scale, epoch=epoch + 1, iteration=iteration + 1)
             else:
                 loss.backward()
-                _clip(raw, tr["grad_clip"])
-                optimizer.step()
+                norm = _clip(raw, tr["grad_clip"])
+                if guard.grads_ok(raw.parameters(), epoch=epoch + 1, iteration=iteration + 1, total_norm=norm):
+                    optimizer.step()
+                elif dd.main:
+                    LOG.warning("epoch %d iteration %d: non-finite gradient, step skipped", epoch + 1,
+                                iteration + 1)
             schedule.step()
             iteration += 1
             parts = {"loss": loss.detach(), **parts}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
-            # host syncs (loss.item(), the guard's check) only at the log interval
             at_log = iteration % log_every == 0 or step == iters
-            if at_log:
-                guard.check(epoch + 1, iteration, scaler, dd)
             progress.update(loss, schedule.get_last_lr()[0], n_batch * dd.world, at_log)
             if folder.tb is not None and iteration % log_every == 0:
                 folder.tb.add_scalar("train/loss_iter", loss.item(), iteration)
                 folder.tb.add_scalar("train/lr", schedule.get_last_lr()[0], iteration)
         progress.close()
         row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": schedule.get_last_lr()[0]}
-        for k, v in _reduce_mean(sums, iters, dd).items():
+        for k, v in _reduce_mean(sums, iters - guard.skipped_this_epoch, dd).items():
             row["train_loss" if k == "loss" else f"train_loss_{k}"] = v
+        if guard.skipped:
+            row["skipped_steps"] = guard.skipped_this_epoch
         # a wall-clock budget ends the run after this epoch (validated and checkpointed like the last one)
         out_of_time = budget_s is not None and any_rank(time.perf_counter() - t_start >= budget_s, dd)
         if out_of_time:
@@ -562,6 +599,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                     config=cfg, task=_task_dict(cfg), best_metric=best, best_epoch=best_epoch,
                     metric=metric_key, world_size=dd.world, rank_weight_digests=digests)
                 save_checkpoint(ck, folder.path / "checkpoints" / "last.pt")
+                last_good[0] = f"{folder.path / 'checkpoints' / 'last.pt'} (epoch {epoch + 1})"
                 if improved:
                     save_checkpoint(ck, folder.path / "checkpoints" / "best.pt")
             if do_val:
@@ -596,9 +634,34 @@ def _task_dict(cfg: dict[str, Any]) -> dict[str, Any]:
             "label_names": {int(k): str(v) for k, v in (t.get("label_names") or {}).items()} or None}
 
 
-def _clip(model: nn.Module, max_norm: float | None) -> None:
+def _clip(model: nn.Module, max_norm: float | None) -> torch.Tensor | None:
+    """Clip the global gradient norm when ``max_norm`` is set; returns the norm before clipping."""
     if max_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), float(max_norm))
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), float(max_norm))
+    return None
+
+
+def _batches(loader: Any, epoch: int, iteration: int, last_good: list[str]) -> Any:
+    """``enumerate(loader, 1)``, with a DataLoader worker that died (killed by the OOM killer or a
+    signal) turned into one line naming where training stopped and what to resume from."""
+    it = iter(loader)
+    step = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            text = str(exc)
+            if "DataLoader worker" not in text:
+                raise
+            from attnseg.runtime.errors import FaultError
+
+            raise FaultError(f"data loading stopped at epoch {epoch + 1}, iteration {iteration + step + 1}: "
+                             f"{text.splitlines()[0].rstrip('. ')} (killed for lack of memory? lower data.workers "
+                             f"or data.batch_size); resume with --resume from {last_good[0]}") from exc
+        step += 1
+        yield step, batch
 
 
 def _forward_loss(model: nn.Module, criterion: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
@@ -637,48 +700,6 @@ def _find_unused(cfg: dict[str, Any], model: nn.Module, criterion: nn.Module, da
     return found
 
 
-# consecutive non-finite steps after which training stops (a GradScaler halves its scale at
-# each; a healthy fp16 run skips a few steps at the start while the scale settles)
-NONFINITE_STREAK_LIMIT = 50
-
-
-class _NonFiniteMonitor:
-    """Counts non-finite losses on the device (no host sync per step); :meth:`check` (at the log
-    interval, on every rank together) warns about skipped steps and stops a run whose loss has
-    stayed non-finite for :data:`NONFINITE_STREAK_LIMIT` steps, instead of letting a GradScaler
-    skip every step forever without a word."""
-
-    def __init__(self, main: bool) -> None:
-        self.main = main
-        self.streak: torch.Tensor | None = None
-        self.bad: torch.Tensor | None = None
-        self.reported = 0
-
-    def observe(self, loss: torch.Tensor) -> None:
-        finite = torch.isfinite(loss.detach())
-        if self.streak is None:
-            self.streak = torch.zeros((), dtype=torch.int64, device=loss.device)
-            self.bad = torch.zeros((), dtype=torch.int64, device=loss.device)
-        self.streak = torch.where(finite, torch.zeros_like(self.streak), self.streak + 1)
-        self.bad = self.bad + (~finite).to(torch.int64)
-
-    def check(self, epoch: int, iteration: int, scaler: Any, dd: _Dist) -> None:
-        if self.streak is None:
-            return
-        vec = all_reduce_sum(torch.stack([self.streak, self.bad]).to(torch.float64), dd) if dd.world > 1 else \
-            torch.stack([self.streak, self.bad]).cpu()
-        streak, bad = int(vec[0]), int(vec[1])
-        if bad > self.reported and self.main:
-            extra = f"; GradScaler scale {scaler.get_scale():.3g}" if scaler is not None else ""
-            LOG.warning("non-finite loss in %d step(s) so far (epoch %d, iteration %d)%s", bad, epoch, iteration, extra)
-        self.reported = bad
-        if streak >= NONFINITE_STREAK_LIMIT:
-            raise FloatingPointError(
-                f"the loss has been NaN/Inf for {streak} consecutive steps (epoch {epoch}, iteration {iteration}): "
-                f"training stopped; the last checkpoint holds the state before it (try precision fp32/bf16, "
-                f"a lower learning rate or train.grad_clip)")
-
-
 def _reduce_mean(sums: dict[str, torch.Tensor], count: int, dd: _Dist) -> dict[str, float]:
     """Mean over iterations and ranks of per-iteration sums (one all-reduce on the backend's device)."""
     if not sums:
@@ -714,9 +735,22 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
                                        sw_batch_size=int(vcfg["sw_batch_size"]), blend=vcfg["blend"],
                                        precision="bf16" if amp else "fp32", channels_last=fast)
     sums: dict[str, float] = {}
+    oom: str | None = None
     for vol in vols[: vcfg["max_cases"] or None]:
         x = torch.from_numpy(np.asarray(vol.image, dtype=np.float32))[None].to(device)
-        y = inferer(x, model)
+        try:
+            y = inferer(x, model)
+        except Exception as exc:  # only out-of-memory is handled here
+            if not is_out_of_memory(exc):
+                raise
+            oom = out_of_memory_message(
+                exc, f"validation of case {vol.case_id}", roi=list(vcfg["roi_size"])[-nd:],
+                sw_batch=int(vcfg["sw_batch_size"]), tta=False, device=device,
+                options={"roi": "validation.roi_size", "sw_batch": "validation.sw_batch_size"})
+            del exc, x
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
         for k, v in validation_scores(y.cpu(), vol.label, kind, activated, bool(vcfg["hd95"]), vol.spacing,
                                       cfg["task"].get("label_names")).items():
             sums[k] = sums.get(k, 0.0) + v
@@ -728,8 +762,12 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
         names: list[Any] = [None] * dd.world
         dist.all_gather_object(names, keys)
         keys = sorted({k for ks in names for k in ks})
-    vec = all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in keys] + [sums.get("_n", 0.0)],
+    vec = all_reduce_sum(torch.tensor([sums.get(k, 0.0) for k in keys] + [sums.get("_n", 0.0), float(oom is not None)],
                                       dtype=torch.float64), dd)
+    if float(vec[-1]) > 0:  # any rank ran out of memory: no partial scores, training goes on
+        LOG.warning("validation skipped at this epoch: %s", oom or "out of memory on another rank")
+        return {}
+    vec = vec[:-1]
     n = float(vec[-1])
     if n == 0:
         return {}
@@ -761,6 +799,8 @@ def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[Any, list[int], list[Vol
                           pcfg)
         if dd.main:
             cache.prepare(workers=max(int(d["workers"]), 1))
+            for cid, why in cache.rebuilt.items():  # damaged or stale entries are never trained on
+                LOG.warning("cache entry of %s rebuilt: %s", cid, why)
         if dd.world > 1:
             dist.barrier()  # the other ranks open what rank 0 built
         return cache
