@@ -197,3 +197,26 @@ def test_lesion_wise_merges_close_reference_lesions_and_empty_cases():
     # predicted components are never merged: two false positives
     out = lesion_wise_scores(ref, e)
     assert (out["dice"], out["hd95"], out["num_fp"], out["lesions"]) == (0.0, LESION_PENALTY, 2, [])
+
+
+def test_deepmind_without_surface_distance_names_the_extra(monkeypatch, tmp_path, capsys):
+    import sys
+
+    import nibabel as nib
+
+    from attnseg.cli.main import main
+    from attnseg.metrics import core
+
+    monkeypatch.setitem(sys.modules, "surface_distance", None)  # as if the package were not installed
+    core._deepmind_tables.cache_clear()
+    a = cube()
+    with pytest.raises(ImportError, match=r"attnseg\[brats2023\]"):
+        hd95(a, cube(lo=(6, 5, 5)), method="deepmind")
+    for d in ("p", "r"):
+        (tmp_path / d).mkdir()
+        nib.save(nib.Nifti1Image(a.astype(np.uint8) * 3, np.eye(4)), tmp_path / d / "c.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r"), "--out",
+                 str(tmp_path / "ev"), "--challenge", "GLI"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "attnseg[brats2023]" in err and len(err.splitlines()) == 1
+    core._deepmind_tables.cache_clear()
