@@ -47,11 +47,13 @@ FULL_ARGS: dict[str, list[str]] = {
     "data_pipeline.py": ["--quick"],
     "models.py": ["--quick"],
     "train_step.py": ["--repeats", "3", "--modes", "plain-fp32", "fast-fp32", "fast-bf16"],
+    # one BraTS-sized case (240x240x155), 2-D / 2.5-D slice-wise vs a 3-D U-Net of similar size
+    "slicewise.py": ["--repeats", "2", "--modes", "2d", "2.5d-k2", "3d"],
 }
 # rough wall-time expectation (minutes) of the full and the quick run, used for budgeting
 EXPECTED_MIN: dict[str, tuple[float, float]] = {
     "models.py": (1.5, 1.5), "sliding_window.py": (10.0, 2.0), "data_pipeline.py": (3.0, 3.0),
-    "attention.py": (2.5, 1.0), "train_step.py": (1.5, 1.0),
+    "attention.py": (2.5, 1.0), "train_step.py": (1.5, 1.0), "slicewise.py": (5.0, 1.5),
 }
 DEFAULT_EXPECTED = (3.0, 1.0)
 
