@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "evaluate",
     "report",
+    "view",
     "cam",
     "export",
     "demo",

@@ -185,6 +185,14 @@ class CaseVolumes:
     full_shape: tuple[int, ...] = ()
     notes: list[str] = field(default_factory=list)
 
+    def centre(self) -> list[int]:
+        """Voxel (in this cropped grid) where the viewer opens: inside the ground truth's lesion,
+        nearest to its centre of mass (else the prediction's; else the grid centre)."""
+        from attnseg.report.overlays import lesion_centre
+
+        masks = [a > 0 for a in (self.reference, self.prediction) if a is not None]
+        return [int(v) for v in lesion_centre(masks, self.images[0].shape)]
+
     @property
     def errors(self) -> np.ndarray | None:
         if self.reference is None or self.prediction is None:
@@ -286,7 +294,7 @@ def _payload(cv: CaseVolumes, vols: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": cv.case_id, "channels": cv.channels, "volumes": vols, "labels": cv.labels.as_json(),
             "errors": {"values": [1, 2, 3], "names": list(ERROR_NAMES), "colours": list(ERROR_COLOURS)},
             "dims": [int(s) for s in cv.images[0].shape], "full_dims": [int(s) for s in cv.full_shape],
-            "stride": cv.stride, "quantised": cv.images[0].dtype == np.uint8,
+            "stride": cv.stride, "quantised": bool(cv.images[0].dtype == np.uint8), "centre": cv.centre(),
             # hook for the slice-weight profile of models with slice attention (issue #13):
             # {"axis": int, "weights": [float, ...], "label": str}; drawn next to the viewer when present
             "slice_profile": None}
@@ -345,7 +353,10 @@ class CasesSection:
     data_base: str = "viewer/"
     niivue_src: str = "viewer/niivue.umd.js"
     notes: list[str] = field(default_factory=list)
-    payloads_only: bool = True  # report: only cases with a payload can be viewed; server: every row
+    viewable: set[int] | None = None  # rows the viewer can open (default: those with a payload)
+
+    def can_view(self, i: int) -> bool:
+        return i in (self.viewable if self.viewable is not None else self.payloads)
 
     # ---- files next to index.html
     def write_files(self, folder: Path) -> list[Path]:
@@ -364,7 +375,7 @@ class CasesSection:
 
     def config(self) -> dict[str, Any]:
         return {"niivue": NIIVUE_VERSION, "base": self.data_base,
-                "cases": [{"n": i, "id": r.case_id, "available": (i in self.payloads) or not self.payloads_only,
+                "cases": [{"n": i, "id": r.case_id, "available": self.can_view(i),
                            "tag": r.tag, "cells": dict(zip(self.header, r.cells))} for i, r in enumerate(self.rows)]}
 
     def table_html(self) -> str:
@@ -377,7 +388,7 @@ class CasesSection:
             out.append(f'<tr id="case-row-{i}" data-n="{i}"{cls}>')
             for j, (c, k) in enumerate(zip(r.cells, r.sort_keys)):
                 key = "" if k is None or (isinstance(k, float) and not math.isfinite(k)) else k
-                if j == 1 and (i in self.payloads or not self.payloads_only):
+                if j == 1 and self.can_view(i):
                     c_html = f'<a href="#case={_esc(r.case_id)}" class="view-link">{_esc(c)}</a>'
                 else:
                     c_html = _esc(c)
@@ -454,19 +465,26 @@ _VIEWER_MARKUP = """
 """
 
 
-def viewer_cases_section(ev: Any, ranked: Sequence[tuple[str, float]], picks: dict[str, tuple[str, float]],
-                         pred_dir: Path | None, data_dir: Path | None, *, embed_budget: int = CASE_BUDGET_BYTES,
-                         max_cases: int = MAX_EMBEDDED_CASES) -> CasesSection:
-    """Cases section of the report: the per-case table (best first) and embedded payloads for
-    up to ``max_cases`` cases; what cannot be shown is listed in ``notes``."""
-    metrics = [m for m in ("dice", "hd95") if m in ev.metrics] or ev.metrics[:1]
-    names = {"dice": "Dice", "hd95": "HD95"}
-    header = ["#", "Case"] + [f"{names.get(m, m)} {label}" for m in metrics for label in ev.labels]
-    header += ["mean Dice" if "dice" in metrics else f"mean {metrics[0]}", "shown below as"]
+def case_table(ev: Any | None, case_ids: Sequence[str] = (),
+               picks: dict[str, tuple[str, float]] | None = None) -> tuple[list[str], list[CaseRow]]:
+    """Header and rows of the Cases table: evaluated cases best first (Dice and HD95 per
+    region/class, mean, best/median/worst tag), then ``case_ids`` that have no scores."""
+    picks = picks or {}
+    if ev is None or not ev.metrics:
+        header, rows = ["#", "Case"], []
+        ranked: list[tuple[str, float]] = []
+        metrics: list[str] = []
+    else:
+        metrics = [m for m in ("dice", "hd95") if m in ev.metrics] or ev.metrics[:1]
+        names = {"dice": "Dice", "hd95": "HD95"}
+        header = ["#", "Case"] + [f"{names.get(m, m)} {label}" for m in metrics for label in ev.labels]
+        header += ["mean Dice" if "dice" in metrics else f"mean {metrics[0]}", "shown below as"]
+        ranked = ev.ranked_cases(metrics[0])
     tags = {cid: tag for tag, (cid, _) in picks.items()}
     rows = []
     for i, (cid, mean) in enumerate(ranked, 1):
-        cells, keys = [str(i), cid], [float(i), cid]
+        cells: list[str] = [str(i), cid]
+        keys: list[float | str | None] = [float(i), cid]
         for m in metrics:
             sc = ev.case_scores(cid, m)
             for label in ev.labels:
@@ -476,35 +494,61 @@ def viewer_cases_section(ev: Any, ranked: Sequence[tuple[str, float]], picks: di
         cells += [_fmt(mean), tags.get(cid, "")]
         keys += [mean, tags.get(cid, "")]
         rows.append(CaseRow(cid, cells, keys, tags.get(cid, "")))
-    sec = CasesSection(header, rows)
+    seen = {r.case_id for r in rows}
+    for cid in case_ids:
+        if cid not in seen:
+            seen.add(cid)
+            n = len(rows) + 1
+            extra = ["–"] * (len(header) - 2)
+            rows.append(CaseRow(cid, [str(n), cid, *extra], [float(n), cid, *([None] * len(extra))]))
+    return header, rows
+
+
+def match_cases(data_dir: Path | None, pred_dir: Path | None, case_ids: Sequence[str]) -> tuple[
+        dict[str, tuple[Any, Path]], list[str]]:
+    """``{case_id: (data-layer Case, prediction path)}`` for ``case_ids`` found in both folders, and
+    notes for what is missing (a whole folder, or single cases)."""
     if pred_dir is None or not Path(pred_dir).is_dir():
-        sec.notes.append("viewer left out: no prediction folder" if pred_dir is None
-                         else f"viewer left out: prediction folder {pred_dir} not found")
-        return sec
+        return {}, ["viewer left out: no prediction folder" if pred_dir is None
+                    else f"viewer left out: prediction folder {pred_dir} not found"]
     if data_dir is None or not Path(data_dir).exists():
-        sec.notes.append("viewer left out: no dataset folder with the images and ground truth (pass --data)"
-                         if data_dir is None else f"viewer left out: dataset folder {data_dir} not found")
-        return sec
+        return {}, ["viewer left out: no dataset folder with the images and ground truth (pass --data)"
+                    if data_dir is None else f"viewer left out: dataset folder {data_dir} not found"]
     from attnseg.data.readers import find_cases
     from attnseg.report.overlays import find_prediction
 
     try:
         cases = {c.case_id: c for c in find_cases(data_dir, require_labels=False)}
     except ValueError as exc:
-        sec.notes.append(f"viewer left out: {exc}")
-        return sec
-    skipped = []
-    for i, r in enumerate(rows):
-        if i >= max_cases:
-            sec.notes.append(f"the viewer embeds the first {max_cases} cases of the table; `attnseg view` shows "
-                             f"all {len(rows)}")
-            break
-        case, pred = cases.get(r.case_id), find_prediction(Path(pred_dir), r.case_id)
+        return {}, [f"viewer left out: {exc}"]
+    found, missing = {}, []
+    for cid in case_ids:
+        case, pred = cases.get(cid), find_prediction(Path(pred_dir), cid)
         if case is None or pred is None:
-            skipped.append(f"{r.case_id} ({'not in the dataset' if case is None else 'no prediction'})")
+            missing.append(f"{cid} ({'not in the dataset' if case is None else 'no prediction'})")
+        else:
+            found[cid] = (case, pred)
+    return found, ([f"not in the viewer: {'; '.join(missing)}"] if missing else [])
+
+
+def viewer_cases_section(ev: Any, picks: dict[str, tuple[str, float]], pred_dir: Path | None,
+                         data_dir: Path | None, *, embed_budget: int = CASE_BUDGET_BYTES,
+                         max_cases: int = MAX_EMBEDDED_CASES) -> CasesSection:
+    """Cases section of the report: the per-case table (best first) and embedded payloads for
+    up to ``max_cases`` cases; what cannot be shown is listed in ``notes``."""
+    header, rows = case_table(ev, picks=picks)
+    sec = CasesSection(header, rows)
+    ids = [r.case_id for r in rows[:max_cases]]
+    found, sec.notes = match_cases(data_dir, pred_dir, ids)
+    if len(rows) > max_cases and found:
+        sec.notes.append(f"the viewer embeds the first {max_cases} cases of the table; `attnseg view` shows "
+                         f"all {len(rows)}")
+    skipped = []
+    for i, r in enumerate(rows[:max_cases]):
+        if r.case_id not in found:
             continue
         try:
-            sec.payloads[i] = embedded_payload(case, pred, embed_budget)
+            sec.payloads[i] = embedded_payload(*found[r.case_id], budget=embed_budget)
         except ValueError as exc:
             skipped.append(f"{r.case_id} ({exc})")
     if skipped:

@@ -9,7 +9,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var state = { ready: false, loading: false, n: null, caseId: null, channel: null, channelName: null,
     dims: null, volumes: [], labelValues: {}, labelNames: [], opacity: {}, error: null, loads: 0,
-    profile: false };
+    profile: false, readout: "", readyMs: 0 };
   var api = { state: state, show: show, step: step, setChannel: setChannel, toggle: toggle };
   window.attnsegViewer = api;
 
@@ -180,10 +180,13 @@
           });
           layers.forEach(function (key, i) { state.labelValues[key] = distinctNonZero(nv.volumes[i + 1].img); });
           applyOpacity();
-          if (keep) { nv.scene.crosshairPos = keep; nv.drawScene(); }
           data = d;
           var vol0 = nv.volumes[0];
           state.n = n; state.caseId = d.id; state.channel = ch; state.channelName = d.channels[ch];
+          if (keep) nv.scene.crosshairPos = keep;
+          else if (d.centre) nv.scene.crosshairPos = nv.vox2frac(d.centre, 0);
+          nv.drawScene();
+          nv.createOnLocationChange(); // read-out of the crosshair's voxel
           state.dims = Array.prototype.slice.call(vol0.hdr.dims, 1, 4);
           state.volumes = nv.volumes.map(function (v) { return v.name; });
           state.labelNames = nv.volumes.length > 1 && nv.volumes[1].colormapLabel
@@ -191,6 +194,7 @@
           state.loads += 1; state.error = null;
           render(d, c);
           state.loading = false; state.ready = true;
+          if (!state.readyMs) state.readyMs = Math.round(performance.now()); // time to open the page
           return true;
         });
     }).catch(function (e) { if (my === token) fail(String(e && e.message || e)); return false; });
