@@ -104,3 +104,26 @@ def test_boosted_loss_keeps_its_weights_on_the_logits_device():
     # the boosting values themselves (AMIS formula) are unchanged
     d = torch.tensor([0.5, 0.7, 0.9])
     torch.testing.assert_close(coeff, (d.median() - (d.min() - 0.05)) / (d - (d.min() - 0.05)))
+
+
+def test_stitching_stays_on_the_gpu_when_it_fits_and_falls_back_to_the_cpu(monkeypatch):
+    from attnseg.infer import sliding_window as sw
+
+    gpu = torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (8 * 2**30, 80 * 2**30))
+    assert sw.stitch_device(gpu, 3 * 2**30) == gpu  # a BraTS case's 4 × 240² × 155 fp32 is 0.14 GB
+    assert sw.stitch_device(gpu, 5 * 2**30) == torch.device("cpu")  # more than half the free memory
+    assert sw.stitch_device(torch.device("cpu"), 10**15) == torch.device("cpu")
+    # device="auto" on a CPU input: the same result as stitching where the input is
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 20, 18, 16)
+    net = nn.Conv3d(2, 3, 3, padding=1)
+    kw = dict(overlap=0.5, blend="gaussian")
+    a = sw.SlidingWindowInferer(8, device="auto", **kw)(x, net)
+    b = sw.SlidingWindowInferer(8, **kw)(x, net)
+    assert torch.equal(a, b)
+    # the decision is taken with the real buffer size: batch × K + 1 weight map, padded volume
+    asked = []
+    monkeypatch.setattr(sw, "stitch_device", lambda d, n: asked.append(n) or d)
+    sw.SlidingWindowInferer(8, device="auto", **kw)(x, net)
+    assert asked == [(1 * 3 + 1) * 20 * 18 * 16 * 4]

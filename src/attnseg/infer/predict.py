@@ -163,7 +163,7 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     else:
         inferer = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=sw_batch_size, blend=blend,
                                        mirror_axes=tuple(range(nd)) if tta else None, precision=precision,
-                                       device="cpu")
+                                       device="auto")  # stitched on the GPU when it fits, else on the CPU
     return Predictor(model=model, task=task, inferer=inferer, postprocess=pp, device=dev, spatial_dims=nd)
 
 

@@ -71,6 +71,16 @@ def importance_map(roi: Sequence[int], blend: str = "gaussian", sigma_scale: flo
     return w.clamp_(min=max(w.min().item(), 1e-3))
 
 
+def stitch_device(device: torch.device, nbytes: int, fraction: float = 0.5) -> torch.device:
+    """Where to stitch ``nbytes`` of output + weight buffers for windows predicted on ``device``:
+    the GPU itself when they take at most ``fraction`` of its free memory (the rest stays for the
+    network's activations), the CPU otherwise (a copy per window, but no out-of-memory)."""
+    if device.type != "cuda":
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes <= fraction * free else torch.device("cpu")
+
+
 def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
     """All subsets of the spatial ``axes`` (0-based), the empty one (no flip) first."""
     axes = tuple(sorted(set(axes or ())))
@@ -102,7 +112,9 @@ class SlidingWindowInferer:
         sigma_scale: Gaussian sigma as a fraction of the window size (per axis or one value).
         padding_mode, cval: how volumes smaller than the window are padded (``F.pad`` modes);
             the padding is symmetric and removed from the output.
-        device: where the stitched output lives (default: the input's device).
+        device: where the stitched output lives (default: the input's device). ``"auto"``: on
+            the input's GPU when the output and weight buffers fit in half its free memory
+            (:func:`stitch_device`; no copy per window), else on the CPU.
         dtype: dtype of the stitching buffers (default float32).
         mirror_axes: spatial axes (0-based: 0 = first spatial axis) for mirroring test-time
             augmentation; each window is predicted for every flip combination and the logits
@@ -153,7 +165,8 @@ class SlidingWindowInferer:
         self.sigma_scale = sigma_scale
         self.padding_mode = padding_mode
         self.cval = cval
-        self.device = torch.device(device) if device is not None else None
+        self.auto_device = device == "auto"
+        self.device = torch.device(device) if device is not None and not self.auto_device else None
         self.dtype = dtype
         self.mirror_axes = tuple(mirror_axes) if mirror_axes else ()
         self.precision = precision
@@ -233,8 +246,7 @@ class SlidingWindowInferer:
         if any(pad):
             x = F.pad(x, pad, mode=self.padding_mode, value=self.cval) if self.padding_mode == "constant" \
                 else F.pad(x, pad, mode=self.padding_mode)
-        w, norm = self._weights(roi, padded, windows, out_device)
-        w_win = w.to(x.device) if w.device != x.device else w
+        w = norm = w_win = None  # made once the output's device is known (first window)
         jobs = [(b, sl) for b in range(batch) for sl in windows]
         total = len(jobs)
         out: torch.Tensor | None = None
@@ -259,6 +271,11 @@ class SlidingWindowInferer:
                 win = buf
             pred = self._predict(win, predictor)
             if out is None:
+                if self.auto_device:
+                    itemsize = torch.empty((), dtype=self.dtype).element_size()
+                    out_device = stitch_device(x.device, (batch * pred.shape[1] + 1) * math.prod(padded) * itemsize)
+                w, norm = self._weights(roi, padded, windows, out_device)
+                w_win = w.to(x.device) if w.device != x.device else w
                 out = torch.zeros((batch, pred.shape[1], *padded), dtype=self.dtype, device=out_device)
             if pred.device != out_device:
                 pred = pred.to(out_device)
