@@ -87,14 +87,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load: the file contains objects other than tensors and "
-                              f"plain containers, which could run code when unpickled ({exc})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+    except Exception as exc:  # PyTorch raises many types here; the user gets one line naming the file
+        raise CheckpointError(_load_error(path, exc)) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _load_error(path: Path, exc: BaseException) -> str:
+    """One line for a checkpoint ``torch.load`` refused: never PyTorch's multi-paragraph text
+    (which suggests ``weights_only=False``, i.e. running whatever code the file holds)."""
+    import re
+    import zipfile
+
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and found:
+        return (f"{path}: refused to load: the file holds Python objects ({found.group(1)}) besides tensors and "
+                f"plain containers, and unpickling them could run code; attnseg loads checkpoints with "
+                f"weights_only=True only")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        return f"{path}: empty file, not a checkpoint"
+    if head == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if "weights_only" in first or "weights only" in first.lower():
+            first = type(exc).__name__
+        return f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {first.split('. ')[0][:160]}"
+    if head[:1] != b"\x80":  # neither a zip archive (torch.save) nor a pickle (legacy format)
+        return f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)"
+    return f"{path}: not a readable PyTorch checkpoint (corrupt or truncated legacy pickle: {type(exc).__name__})"
 
 
 def model_checkpoint(model_name: str, model_kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor],
