@@ -14,6 +14,7 @@ def test_ablate_table_budget_and_resume(tmp_path, capsys):
     data = tmp_path / "data"
     make_synth_brats(data, cases=3, spacing=2, seed=0)
     cfg = {
+        "device": "cpu",  # pinned: never the GPU of a CI host
         "task": {"kind": "brats-regions", "num_classes": 4, "in_channels": 4},
         "model": {"kwargs": {"in_channels": 4, "out_channels": 4, "features": [4, 8]}},
         "data": {"root": str(data), "layout": "brats", "val_fraction": 0.34, "patch_size": [16, 16, 16],

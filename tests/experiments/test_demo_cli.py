@@ -10,6 +10,7 @@ import pytest
 from attnseg.cli.main import main
 
 TINY = [
+    "device=cpu",  # pinned: never the GPU of a CI host
     "train.epochs=2", "train.iterations_per_epoch=2", "train.schedule.warmup_epochs=0",
     "train.schedule.flat_epochs=1", "validation.interval=1", "data.patch_size=[32,32,32]",
     "validation.roi_size=[32,32,32]", "data.batch_size=1", "model.kwargs.channels=[4,4,8,8,8]",

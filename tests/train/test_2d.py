@@ -48,7 +48,8 @@ def _nnunet(root: Path, n: int = 4) -> Path:
 
 
 def _config(tmp_path: Path) -> Path:
-    cfg = {"task": {"kind": "classes", "num_classes": 3, "in_channels": 2},
+    cfg = {"device": "cpu",  # pinned: never the GPU of a CI host
+           "task": {"kind": "classes", "num_classes": 3, "in_channels": 2},
            "model": {"kwargs": {"features": [4, 8, 8]}},
            "data": {"val_fraction": 0.25, "foreground_fraction": 0.5},
            "train": {"schedule": {"name": "constant"}, "optimizer": {"lr": 3e-3}},
@@ -200,3 +201,20 @@ def test_ablation_variant_rows():
     assert rows["unet-2d"][1]["spatial_dims"] == 2 and rows["unet-2d"][1]["in_channels"] == 4
     assert rows["unet-2d"][2] < rows["unet-2.5d"][2] < rows["unet"][2]  # 2-D kernels: fewer parameters
     assert rows["deeplabv3plus-2d"][0]["model"]["name"] == "deeplabv3plus"
+
+
+def test_shipped_ablation_config_has_runnable_2d_rows():
+    from attnseg.experiments.ablate import Cell, cell_config
+    from attnseg.models import count_parameters, create_model
+    from attnseg.train.config import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[2] / "configs" / "ablation-phantom.yaml")
+    params = {}
+    for bb in ("unet3d", "unet-2d", "unet-2.5d", "deeplabv3plus-2d"):
+        cfg = resolve_config(cell_config(raw, Cell(bb, "none", 0), Path("out"), None))
+        kw = model_kwargs(cfg)
+        params[bb] = count_parameters(create_model(cfg["model"]["name"], **kw))
+        if bb != "unet3d":
+            assert cfg["data"]["patch_size"] == [48, 48] and cfg["data"]["batch_size"] == 96
+            assert kw["spatial_dims"] == 2 and kw["in_channels"] == (20 if bb == "unet-2.5d" else 4)
+    assert 0.8 < params["unet-2d"] / params["unet3d"] < 1.25  # the 2-D U-Net row is matched in size
