@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zoo", help="write the model zoo card (docs/model_zoo.md)",
                        description="Build every valid backbone x attention combination, measure parameters, "
                                    "GFLOPs and CPU latency, and write a Markdown card.")
-    p.add_argument("--out", default="docs/model_zoo.md", help="Markdown file to write (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="Markdown file to write (default: docs/model_zoo.md of the attnseg source checkout this "
+                        "command runs from; required elsewhere)")
     p.add_argument("--dims", type=int, choices=(2, 3), default=3, help="spatial dims (default: %(default)s)")
     p.add_argument("--size", type=int, default=32, help="cubic (square) input size (default: %(default)s)")
     p.add_argument("--backbones", nargs="*", default=None, help="restrict to these backbones")
@@ -31,6 +33,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed forward passes per model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
     p.set_defaults(func=run)
+
+
+def default_card_path() -> str:
+    """``docs/model_zoo.md`` of the source checkout attnseg is imported from (an editable install);
+    an installed package has no docs folder, so the caller must name the file."""
+    from pathlib import Path
+
+    import attnseg
+
+    root = Path(attnseg.__file__).resolve().parents[2]
+    if (root / "docs").is_dir() and (root / "pyproject.toml").is_file():
+        return str(root / "docs" / "model_zoo.md")
+    raise ValueError("attnseg is not running from a source checkout: give --out FILE for the model zoo card")
 
 
 def _default_sites(backbone: str) -> tuple[str, ...]:
@@ -172,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out is None:  # decided before the (long) measurements
+        args.out = default_card_path()
     if args.size < 1:
         raise ValueError(f"--size must be positive, got {args.size}")
     rows = build_rows(args.dims, args.size, args.backbones, args.attention, not args.no_latency, args.repeats)
