@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"attnseg {args.command}: error: {msg}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no traceback (train prints how to resume before this)
+        print(f"attnseg {args.command}: interrupted", file=sys.stderr)
+        return 130
     return int(rc or 0)
 
 
