@@ -216,5 +216,6 @@ def test_shipped_ablation_config_has_runnable_2d_rows():
         params[bb] = count_parameters(create_model(cfg["model"]["name"], **kw))
         if bb != "unet3d":
             assert cfg["data"]["patch_size"] == [48, 48] and cfg["data"]["batch_size"] == 96
+            assert cfg["validation"]["roi_size"] == [48, 48]  # the base config's 48³ window, in-plane
             assert kw["spatial_dims"] == 2 and kw["in_channels"] == (20 if bb == "unet-2.5d" else 4)
     assert 0.8 < params["unet-2d"] / params["unet3d"] < 1.25  # the 2-D U-Net row is matched in size

@@ -225,7 +225,7 @@ def resolve_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     if isinstance(d["patch_size"], int):
         d["patch_size"] = [d["patch_size"]] * 3
     d["patch_size"] = [int(v) for v in d["patch_size"]]
-    _resolve_slicing(d)
+    _resolve_slicing(d, out["validation"])
     if out["validation"]["roi_size"] is None:
         out["validation"]["roi_size"] = list(d["patch_size"])
     kind = out["task"]["kind"]
@@ -243,9 +243,10 @@ def resolve_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def _resolve_slicing(d: dict[str, Any]) -> None:
+def _resolve_slicing(d: dict[str, Any], v: dict[str, Any]) -> None:
     """2-D models on volumes: ``patch_size`` with two values or a ``slice_axis`` selects slices
-    (axial by default); a 3-value patch with a slice axis keeps its two in-plane values."""
+    (axial by default); a 3-value patch (or validation window) with a slice axis keeps its two
+    in-plane values."""
     from attnseg.data.slices import in_plane, parse_slice_axis
 
     if len(d["patch_size"]) not in (2, 3):
@@ -261,6 +262,11 @@ def _resolve_slicing(d: dict[str, Any]) -> None:
         if axis == "all" and len(set(ps)) != 1:
             raise ValueError(f"data.slice_axis all needs a 2-value (in-plane) data.patch_size, got {ps}")
         d["patch_size"] = ps[:2] if axis == "all" else in_plane(ps, axis)
+    roi = v.get("roi_size")
+    if isinstance(roi, (list, tuple)) and len(roi) == 3:
+        if axis == "all" and len(set(roi)) != 1:
+            raise ValueError(f"data.slice_axis all needs a 2-value validation.roi_size, got {list(roi)}")
+        v["roi_size"] = list(roi[:2]) if axis == "all" else in_plane(roi, axis)
     d["slice_axis"] = "all" if axis == "all" else ["sagittal", "coronal", "axial"][axis]
     d["context"] = int(d.get("context") or 0)
     if d["context"] < 0:
