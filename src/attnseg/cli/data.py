@@ -1,6 +1,6 @@
 """``attnseg data``: phantom datasets and dataset checks.
 
-* ``attnseg data synth-brats --out DIR --cases N --spacing {1,2} --seed S``
+* ``attnseg data synth-brats --out DIR --cases N --spacing {1,2} --seed S [--difficulty easy|realistic]``
 * ``attnseg data synth-tissue --out DIR --cases N --spacing {1,2} --seed S``
 * ``attnseg data check DIR [--layout L]`` – validate every case, print a table, exit 1 on problems.
 """
@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sb.add_argument("--cases", type=int, default=30, help="number of cases (default 30)")
     sb.add_argument("--spacing", type=int, choices=(1, 2), default=2, help="voxel size in mm (default 2)")
     sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--difficulty", choices=("easy", "realistic"), default="easy",
+                    help="easy (default): clean, well-separated lesions; realistic: scanner sites, fading "
+                         "oedema, thin/broken rims, satellites, thick slices, misregistration, imperfect skull "
+                         "stripping, ghosting (docs/data.md)")
     sb.set_defaults(func=run_synth_brats)
 
     st = dsub.add_parser("synth-tissue", help="write brain-tissue phantoms (bg/CSF/GM/WM)",
@@ -53,8 +57,9 @@ def run_synth_brats(args: argparse.Namespace) -> int:
     from attnseg.data.synth import make_synth_brats
 
     t = time.perf_counter()
-    paths = make_synth_brats(args.out, cases=args.cases, spacing=args.spacing, seed=args.seed)
-    print(f"wrote {len(paths)} BraTS-layout phantom cases ({args.spacing} mm) to {args.out} "
+    paths = make_synth_brats(args.out, cases=args.cases, spacing=args.spacing, seed=args.seed,
+                             difficulty=args.difficulty)
+    print(f"wrote {len(paths)} {args.difficulty} BraTS-layout phantom cases ({args.spacing} mm) to {args.out} "
           f"in {time.perf_counter() - t:.1f} s")
     return 0
 

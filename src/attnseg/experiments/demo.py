@@ -1,7 +1,7 @@
 """The main job end to end (``attnseg demo`` / ``make demo``).
 
-1. make the built-in phantom BraTS data at 2 mm (training/validation cases and held-out test
-   cases in two folders; reused when already there),
+1. make the built-in phantom BraTS data at 2 mm, the realistic phantom by default
+   (training/validation cases and held-out test cases in two folders; reused when already there),
 2. train a CPU-sized Prior Attention Network with deep supervision (``demo-panet.yaml``
    beside this file),
 3. predict the held-out cases with the Gaussian sliding window,
@@ -42,12 +42,12 @@ def _log(msg: str) -> None:
 
 
 def ensure_phantom_data(root: Path, train_cases: int, test_cases: int, seed: int, spacing: int = 2,
-                        log: Callable[[str], None] = _log) -> tuple[Path, Path]:
+                        log: Callable[[str], None] = _log, difficulty: str = "realistic") -> tuple[Path, Path]:
     """Make (or reuse) ``root/train`` (training + validation cases) and ``root/test`` (held out).
 
     The test cases continue the generator's numbering, so they are different phantoms from
     the same distribution. A folder is reused only when its ``synth_info.json`` matches the
-    requested seed, spacing and case count.
+    requested seed, spacing, difficulty and case count.
     """
     from attnseg.data.synth import make_synth_brats
 
@@ -56,16 +56,17 @@ def ensure_phantom_data(root: Path, train_cases: int, test_cases: int, seed: int
         info = folder / "synth_info.json"
         if info.is_file():
             meta = json.loads(info.read_text())
+            have = meta.get("difficulty", "easy")  # folders written before difficulties existed are easy
             if (meta.get("seed") == seed and meta.get("spacing_mm") == spacing
-                    and len(meta.get("cases", {})) == n):
+                    and len(meta.get("cases", {})) == n and have == difficulty):
                 log(f"reusing {n} {name} phantom cases in {folder}")
                 continue
             raise ValueError(f"{folder} holds phantom data made with other settings "
-                             f"(seed {meta.get('seed')}, spacing {meta.get('spacing_mm')}, "
+                             f"(seed {meta.get('seed')}, spacing {meta.get('spacing_mm')}, {have}, "
                              f"{len(meta.get('cases', {}))} cases); remove it or choose another --out")
         t0 = time.perf_counter()
-        log(f"making {n} {name} phantom cases at {spacing} mm in {folder} ...")
-        make_synth_brats(folder, cases=n, spacing=spacing, seed=seed, start=start)
+        log(f"making {n} {difficulty} {name} phantom cases at {spacing} mm in {folder} ...")
+        make_synth_brats(folder, cases=n, spacing=spacing, seed=seed, start=start, difficulty=difficulty)
         log(f"  done in {time.perf_counter() - t0:.0f} s")
     return folders["train"][0], folders["test"][0]
 
@@ -96,8 +97,9 @@ def demo_config(train_dir: Path, out_dir: Path, seed: int, overrides: Sequence[s
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train_cases: int = 24,
-             test_cases: int = 6, resume: bool = False, overrides: Sequence[str] = (),
-             tta: bool = False, report: bool = True, log: Callable[[str], None] = _log) -> DemoResult:
+             test_cases: int = 20, resume: bool = False, overrides: Sequence[str] = (),
+             tta: bool = False, report: bool = True, log: Callable[[str], None] = _log,
+             difficulty: str = "realistic") -> DemoResult:
     """Run the whole demo; returns where everything went and the evaluation summary."""
     from attnseg.infer.predict import load_predictor, predict_cases
     from attnseg.metrics.evaluate import evaluate_folders, summarize, write_outputs
@@ -106,7 +108,8 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    train_dir, test_dir = ensure_phantom_data(out / "data", train_cases, test_cases, seed=0, log=log)
+    train_dir, test_dir = ensure_phantom_data(out / "data", train_cases, test_cases, seed=0, log=log,
+                                              difficulty=difficulty)
     seconds["data"] = time.perf_counter() - t0
 
     cfg = demo_config(train_dir, out, seed, overrides)
