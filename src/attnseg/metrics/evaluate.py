@@ -72,6 +72,24 @@ def find_pairs(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> tuple
     return pairs, sorted(set(preds) - set(refs)), sorted(set(refs) - set(preds))
 
 
+def _values(label: np.ndarray) -> set[int]:
+    """Label values present (one comparison per value for a few small integers, else np.unique)."""
+    if label.size and label.dtype.kind in "iub":
+        lo, hi = int(label.min()), int(label.max())
+        if hi - lo < 16:
+            return {v for v in range(lo, hi + 1) if v in (lo, hi) or (label == v).any()}
+    return set(np.unique(label).tolist())
+
+
+def _brats_regions(label: np.ndarray, convention: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ET, TC, WT) masks: ET = enhancing (3, or 4 in the 2020 convention), TC = ET ∪ necrosis (1),
+    WT = TC ∪ oedema (2); the regions of ``attnseg.data.labels.brats_to_regions``, computed with
+    three comparisons instead of a class map."""
+    et = label == (4 if convention == "brats2020" else 3)
+    tc = et | (label == 1)
+    return et, tc, tc | (label == 2)
+
+
 def _convention(values: set[int], where: str) -> str:
     if 4 in values and 3 in values:
         raise ValueError(f"{where}: labels contain both 3 and 4; not a BraTS label map of one convention")
@@ -91,16 +109,14 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", 
     ``num_tp``, ``num_fp``, ``num_fn``, ``legacy_dice``, ``legacy_hd95``) with the parameters of
     ``challenge``, computed with ``lesion_spacing`` (the script uses the prediction header's
     voxel sizes; default ``spacing``, else 1 mm) and a ``lesions`` list (the per-lesion table)."""
-    from attnseg.data.labels import brats_to_regions
-
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"{where}: prediction shape {pred.shape} differs from reference shape {ref.shape}")
     if regions == "brats":
-        conv = _convention(set(np.unique(pred).tolist()) | set(np.unique(ref).tolist()), where)
-        masks = [(name, p, r) for name, p, r in zip(REGIONS, brats_to_regions(pred, conv), brats_to_regions(ref, conv))]
+        conv = _convention(_values(pred) | _values(ref), where)
+        masks = [(name, p, r) for name, p, r in zip(REGIONS, _brats_regions(pred, conv), _brats_regions(ref, conv))]
     elif regions == "labels":
-        vals = labels if labels else sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
+        vals = labels if labels else sorted((_values(ref) | _values(pred)) - {0})
         names = {int(k): str(v) for k, v in (label_names or {}).items()}
         masks = [(names.get(int(v), str(v)), pred == v, ref == v) for v in vals]
     else:
