@@ -71,3 +71,83 @@ import torch
 torch.set_num_threads(1)
 from attnseg.cli.main import main
 """
+
+
+# ----------------------------------------------------------------------------------------------
+# training through the CLI
+
+sys.path.insert(0, str(ROOT / "tests" / "train"))
+from _tiny import tiny_config, write_brats  # noqa: E402, F401 (write_brats re-exported)
+
+# A plugin module (imported through model.imports) registering "faulty-unet": a U-Net whose
+# forward misbehaves as the FAULTPLUG environment variable says:
+#   nan:3,5   NaN output on the 3rd and 5th training forward;  nan:4+  from the 4th on
+#   oom-eval  the CPU allocator's out-of-memory error in every evaluation forward
+#   block:DIR  the first training forward writes DIR/started and waits for DIR/go
+PLUGIN = '''
+import os, time
+from pathlib import Path
+import torch
+from attnseg.models import MODELS, register_model
+from attnseg.models.unet import UNet
+
+class FaultyUNet(UNet):
+    calls = 0
+
+    def forward(self, x):
+        mode = os.environ.get("FAULTPLUG", "")
+        y = super().forward(x)
+        if not self.training:
+            if mode == "oom-eval":
+                raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8796093022208 bytes.")
+            return y
+        FaultyUNet.calls += 1
+        if mode.startswith("block:") and FaultyUNet.calls == 1:
+            d = Path(mode[6:])
+            (d / "started").write_text(str(os.getpid()))
+            t0 = time.time()
+            while not (d / "go").exists() and time.time() - t0 < 120:
+                time.sleep(0.05)
+        if mode.startswith("nan:"):
+            spec = mode[4:]
+            bad = (FaultyUNet.calls >= int(spec[:-1])) if spec.endswith("+") else \\
+                FaultyUNet.calls in {int(v) for v in spec.split(",")}
+            if bad:
+                return {k: v * float("nan") for k, v in y.items()} if isinstance(y, dict) else y * float("nan")
+        return y
+
+def build(**kw):
+    FaultyUNet.calls = 0  # counted per run (the module stays imported between in-process runs)
+    return FaultyUNet(**kw)
+
+if "faulty-unet" not in MODELS:
+    register_model("faulty-unet", family="test")(build)
+'''
+
+
+def write_plugin(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "faultplug.py").write_text(PLUGIN)
+    return folder
+
+
+def train_config(tmp: Path, name: str, data: Path, plugin: bool = False, **over) -> Path:
+    """A YAML config of a tiny 4-channel run on ``data`` (BraTS layout) written to ``tmp/<name>.yaml``."""
+    import yaml
+
+    cfg = tiny_config(tmp / "runs", name, in_channels=4, **over)
+    cfg["data"]["root"] = str(data)
+    cfg["data"]["cache_dir"] = str(tmp / "cache")
+    cfg["device"] = "cpu"
+    if plugin:
+        cfg["model"]["name"] = "faulty-unet"
+        cfg["model"]["imports"] = ["faultplug"]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    from attnseg.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]

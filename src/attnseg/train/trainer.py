@@ -575,13 +575,14 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
             scores = _validate(raw, val_vols, cfg, device, fast, dd)
             row.update({f"val_{k}": v for k, v in scores.items()})
             value = row.get(metric_key)
-            if value is None:
+            if value is None and scores:
                 raise ValueError(f"validation.metric {vcfg['metric']!r} is not computed; "
                                  f"available: {sorted(k[4:] for k in scores)}")
-            if isinstance(schedule, PlateauSchedule):
-                schedule.step_metric(value)
-            if best is None or (value < best if lower_better else value > best):
-                best, best_epoch, improved = float(value), epoch + 1, True
+            if value is not None:  # None: validation skipped (out of memory, logged)
+                if isinstance(schedule, PlateauSchedule):
+                    schedule.step_metric(value)
+                if best is None or (value < best if lower_better else value > best):
+                    best, best_epoch, improved = float(value), epoch + 1, True
         row["time_s"] = round(time.perf_counter() - t0, 3)
         folder.add_row(row)
         if dd.main:
@@ -806,6 +807,14 @@ def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[Any, list[int], list[Vol
         return cache
 
     cache = cache_for(d["root"])
+    if task["kind"] == "classes":  # a class beyond the outputs would fail deep inside the loss
+        k = int(task["num_classes"])
+        for i in range(len(cache)):
+            top = cache[i].fg_classes()
+            if len(top) and int(top.max()) >= k:
+                raise ValueError(f"{cache.cases[i].label_path}: label value {int(top.max())} but the model has "
+                                 f"{k} output classes (task.num_classes); give --out_channels "
+                                 f"{int(top.max()) + 1} or train without --config to plan from the data")
     names = cache.cases[0].extra.get("label_names") if cache.cases else None
     if not task.get("label_names") and names and task["kind"] == "classes":
         task["label_names"] = {int(k): str(v) for k, v in names.items()}  # dataset.json's names
