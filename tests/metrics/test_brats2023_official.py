@@ -131,6 +131,7 @@ def assert_same(row: dict, off: dict) -> None:
     assert row["lesion_hd95"] == off["LesionWise_Score_HD95"], where
     assert row["legacy_dice"] == off["Legacy_Dice"], where
     assert row["legacy_hd95"] == off["Legacy_HD95"], where
+    assert (row["legacy_sensitivity"], row["legacy_specificity"]) == (off["Sensitivity"], off["Specificity"]), where
 
 
 @pytest.mark.parametrize("challenge", ["GLI", "SSA", "MEN", "PED", "MET"])

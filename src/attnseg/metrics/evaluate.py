@@ -106,7 +106,8 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", 
     """Rows ``{region, dice, hd95, ...}`` for one pair of integer label maps of equal shape.
 
     ``lesion_wise`` adds the BraTS 2023 script's columns (``lesion_dice``, ``lesion_hd95``,
-    ``num_tp``, ``num_fp``, ``num_fn``, ``legacy_dice``, ``legacy_hd95``) with the parameters of
+    ``num_tp``, ``num_fp``, ``num_fn``, ``legacy_dice``, ``legacy_hd95``, ``legacy_sensitivity``,
+    ``legacy_specificity``) with the parameters of
     ``challenge``, computed with ``lesion_spacing`` (the script uses the prediction header's
     voxel sizes; default ``spacing``, else 1 mm) and a ``lesions`` list (the per-lesion table)."""
     pred, ref = np.asarray(pred), np.asarray(ref)
@@ -128,6 +129,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", 
             lw = lesion_wise_scores(p, r, lesion_spacing if lesion_spacing is not None else spacing, challenge)
             row.update(lesion_dice=lw["dice"], lesion_hd95=lw["hd95"], num_tp=lw["num_tp"], num_fp=lw["num_fp"],
                        num_fn=lw["num_fn"], legacy_dice=lw["legacy_dice"], legacy_hd95=lw["legacy_hd95"],
+                       legacy_sensitivity=lw["sensitivity"], legacy_specificity=lw["specificity"],
                        lesions=lw["lesions"])
         rows.append(row)
     return rows
