@@ -18,7 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "unet-2d, unet-2.5d (k=2 neighbouring slices), deeplabv3plus-2d")
     p.add_argument("--attention", required=True, help="comma-separated attention names; 'none' = without")
     p.add_argument("--budget-minutes", type=float, default=None, help="training time per cell")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per cell (results averaged)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per cell: each cell trained N times on the same split (mean ± sd over seeds)")
+    p.add_argument("--test-data", default=None, metavar="DIR",
+                   help="held-out BraTS-layout cases every cell's best checkpoint segments; adds per-case "
+                        "bootstrap CIs, paired Wilcoxon tests against the backbone without attention (Holm) "
+                        "and a forest plot to the table")
     p.add_argument("--out", default="ablation", help="output folder")
     p.add_argument("--devices", default="", help="comma-separated devices to run cells on in parallel, "
                                                  "e.g. cuda:0,cuda:1")
@@ -43,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
             get_attention(a)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     path = run_ablation(cfg, backbones, attentions, args.out, budget_minutes=args.budget_minutes,
-                        seeds=args.seeds, devices=devices, command="attnseg " + shlex.join(sys.argv[1:]))
+                        seeds=args.seeds, devices=devices, command="attnseg " + shlex.join(sys.argv[1:]),
+                        test_dir=args.test_data)
     print(path.read_text())
     print(f"table: {path}")
     return 0

@@ -121,9 +121,60 @@ def _last_validation(run_dir: Path) -> dict[str, float]:
     return {k[len("val_"):]: float(v) for k, v in best.items() if k.startswith("val_") and v not in ("", None)}
 
 
+def _gflops(model: Any, in_channels: int, patch: Sequence[int]) -> float:
+    """Forward GFLOPs of one patch (batch 1), ``torch.utils.flop_counter`` (multiply-add = 2 FLOPs)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, in_channels, *patch))
+    return counter.get_total_flops() / 1e9
+
+
+def _per_case_scores(run_dir: Path, test_dir: Path, cfg: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Predict the held-out cases with the cell's best checkpoint and score them (BraTS rules):
+    ``{case_id: {dice_<region>: .., hd95_<region>: .., dice_mean: .., hd95_mean: ..}}``."""
+    from attnseg.infer.predict import load_predictor, predict_cases
+    from attnseg.metrics.evaluate import evaluate_folders
+
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    if not ckpt.exists():
+        ckpt = run_dir / "checkpoints" / "last.pt"
+    val = cfg.get("validation", {})
+    patch = list(val.get("roi_size") or cfg["data"]["patch_size"])  # the window the trainer validates with
+    if cfg["data"].get("slice_axis") is not None:
+        patch = patch[-2:]
+    predictor = load_predictor(ckpt, roi_size=patch, overlap=float(val.get("overlap", 0.5)),
+                               sw_batch_size=int(val.get("sw_batch_size", 2)), blend="gaussian",
+                               device=str(cfg.get("device") or "cpu").replace("auto", "cpu"))
+    pred_dir = run_dir / "test_predictions"
+    results = predict_cases(predictor, test_dir, pred_dir, layout="brats", resume=True)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise RuntimeError(f"{run_dir.name}: {len(failed)} held-out case(s) failed to predict: {failed[0].error}")
+    rows, _ = evaluate_folders(pred_dir, test_dir, regions="brats")
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        m = out.setdefault(r["case_id"], {})
+        for key in ("dice", "hd95"):
+            if r.get(key) is not None:
+                m[f"{key}_{r['region']}"] = float(r[key])
+    for m in out.values():
+        for key in ("dice", "hd95"):
+            vals = [v for k, v in m.items() if k.startswith(key + "_")]
+            if vals:
+                m[f"{key}_mean"] = float(np.mean(vals))
+    return out
+
+
 def run_cell(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: float | None,
-             device: str | None = None) -> dict[str, Any]:
-    """Train and evaluate one cell; writes and returns its result record."""
+             device: str | None = None, test_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell; writes and returns its result record.
+
+    With ``test_dir`` the best checkpoint also segments those held-out cases and the record
+    holds their per-case Dice/HD95 (``per_case``), which the seeded statistics need."""
     from attnseg.models import count_parameters, create_model
     from attnseg.train import run_training
     from attnseg.train.config import resolve_config
@@ -138,10 +189,21 @@ def run_cell(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: fl
     res = run_training(cfg, resume=True if last.exists() else None)
     seconds = time.perf_counter() - t0
     scores = _last_validation(run_dir)
-    params = count_parameters(create_model(cfg["model"]["name"], **model_kwargs(resolve_config(cfg))))
+    rcfg = resolve_config(cfg)
+    model = create_model(cfg["model"]["name"], **model_kwargs(rcfg))
+    params = count_parameters(model)
+    patch = list(rcfg["data"]["patch_size"])[-2:] if rcfg["data"].get("slice_axis") else rcfg["data"]["patch_size"]
+    in_ch = int(rcfg["task"]["in_channels"]) * (2 * int(rcfg["data"].get("context") or 0) + 1)
     record = {"backbone": cell.backbone, "attention": cell.attention, "seed": cell.seed,
-              "params": params, "train_seconds": round(seconds, 1), "epochs": res.epochs_done,
-              "iterations": res.iterations, "scores": scores, "run_dir": str(run_dir)}
+              "params": params, "gflops": round(_gflops(model, in_ch, patch), 4),
+              "train_seconds": round(seconds, 1), "epochs": res.epochs_done,
+              "iterations": res.iterations, "seconds_per_iteration": round(seconds / max(res.iterations, 1), 4),
+              "scores": scores, "run_dir": str(run_dir)}
+    if test_dir is not None:
+        t1 = time.perf_counter()
+        record["per_case"] = _per_case_scores(run_dir, Path(test_dir), cfg)
+        record["test_dir"] = str(test_dir)
+        record["test_seconds"] = round(time.perf_counter() - t1, 1)
     path = out_dir / "cells" / f"{cell.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -203,8 +265,13 @@ def run_on_devices(jobs: Sequence[Any], devices: Sequence[str], submit: Callable
 
 def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: Sequence[str], out_dir: str | Path,
                  *, budget_minutes: float | None = None, seeds: int = 1, devices: Sequence[str] = (),
-                 command: str | None = None, log: Callable[[str], None] = _log) -> Path:
-    """Run every cell not yet finished, then write ``OUT/ablation.md``; returns its path."""
+                 command: str | None = None, log: Callable[[str], None] = _log,
+                 test_dir: str | Path | None = None) -> Path:
+    """Run every cell not yet finished, then write ``OUT/ablation.md``; returns its path.
+
+    With ``test_dir`` every cell is also scored per case on those held-out cases and the page
+    gets the seeded statistics (:func:`seeded_statistics`): mean ± sd over seeds, bootstrap
+    CIs, paired comparisons with the backbone without attention, a forest plot."""
     from attnseg.report.table import markdown_table
 
     out = Path(out_dir)
@@ -216,13 +283,13 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
         with ProcessPoolExecutor(len(devices)) as pool:
             def submit(c: Cell, device: str) -> Future:
                 log(f"training {c.name} on {device}")
-                return pool.submit(run_cell, config, c, out, budget_minutes, device)
+                return pool.submit(run_cell, config, c, out, budget_minutes, device, test_dir)
 
             run_on_devices(todo, devices, submit, lambda c: log(f"finished {c.name}"))
     else:
         for c in todo:
             log(f"training {c.name}")
-            run_cell(config, c, out, budget_minutes, devices[0] if devices else None)
+            run_cell(config, c, out, budget_minutes, devices[0] if devices else None, test_dir)
     records = [json.loads((out / "cells" / f"{c.name}.json").read_text()) for c in cells]
     rows, columns = table_rows(records)
     text = ["# Ablation: backbone × attention", ""]
@@ -232,6 +299,72 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     text += [f"Same data split and budget ({budget}) for every cell; validation Dice/HD95 of the best "
              f"epoch, mean over {seeds} seed(s); params = trainable parameters; minutes = training time.", ""]
     text.append(markdown_table(rows, columns))
+    if any("per_case" in r for r in records):
+        text += ["", *seeded_statistics(records, out)]
     path = out / "ablation.md"
     path.write_text("\n".join(text))
     return path
+
+
+def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int = 10000) -> list[str]:
+    """Markdown lines of the seeded statistics (cells with per-case scores only); writes ``OUT/forest.png``."""
+    from attnseg.experiments.ablate_stats import cell_stats, compare_to_none, forest_plot
+    from attnseg.report.table import markdown_table
+
+    cells: dict[tuple[str, str], dict[int, Any]] = {}
+    meta: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if "per_case" in r:
+            cells.setdefault((r["backbone"], r["attention"]), {})[int(r["seed"])] = r["per_case"]
+            meta.setdefault((r["backbone"], r["attention"]), []).append(r)
+    n_cases = max(len(pc) for cell in cells.values() for pc in cell.values())
+    metrics = ["dice_ET", "dice_TC", "dice_WT", "dice_mean", "hd95_mean"]
+    lines = ["## Held-out cases: mean ± sd over seeds [95 % bootstrap CI over cases]", "",
+             f"Every cell's best checkpoint segments the same {n_cases} held-out cases (Gaussian sliding window, "
+             "BraTS rules: a region empty in both scores Dice 1 / HD95 0, empty on one side Dice 0). "
+             "mean ± sd: over seeds, of the mean over cases; CI: percentile bootstrap (10 000 resamples of the "
+             "cases) of the mean of the seed-averaged per-case scores. Overhead against the backbone without "
+             "attention; GFLOPs: one forward of one training patch; s/it: training seconds per iteration "
+             "(shared CPU: noisy).", ""]
+    rows = []
+    for (bb, att), pc in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1])):
+        row: dict[str, Any] = {"backbone": bb, "attention": att, "seeds": len(pc)}
+        for m in metrics:
+            st = cell_stats(pc, m, n_boot=n_boot)
+            dg = 3 if m.startswith("dice") else 1
+            row[m] = f"{st['mean']:.{dg}f} ± {st['sd']:.{dg}f} [{st['lo']:.{dg}f}, {st['hi']:.{dg}f}]"
+        rs, base = meta[(bb, att)], meta.get((bb, "none"))
+        row["params"] = rs[0]["params"]
+        row["GFLOPs"] = rs[0].get("gflops")
+        if base and att != "none":
+            row["Δparams"] = f"{rs[0]['params'] - base[0]['params']:+,}"
+            if rs[0].get("gflops") and base[0].get("gflops"):
+                row["ΔGFLOPs"] = f"{100 * (rs[0]['gflops'] / base[0]['gflops'] - 1):+.1f} %"
+        sp = [r["seconds_per_iteration"] for r in rs if r.get("seconds_per_iteration")]
+        row["s/it"] = round(float(np.mean(sp)), 3) if sp else None
+        rows.append(row)
+    lines.append(markdown_table(rows, ["backbone", "attention", *metrics, "params", "Δparams", "GFLOPs",
+                                       "ΔGFLOPs", "s/it", "seeds"]))
+    lines += ["", "## Paired comparisons with the same backbone without attention", "",
+              "Per held-out case: score(module) − score(none), each averaged over seeds; mean difference, 95 % "
+              "bootstrap CI over cases, two-sided Wilcoxon signed-rank p (scipy.stats.wilcoxon), Holm-adjusted p "
+              "over the comparisons of each metric. Verdict: better/worse when p_Holm < 0.05 and the CI excludes 0, "
+              "else no detectable difference. HD95: lower is better.", ""]
+    comp_rows, forest = [], []
+    for m in ("dice_mean", "dice_ET", "dice_TC", "dice_WT", "hd95_mean"):
+        comps = compare_to_none(cells, m, n_boot=n_boot, higher_is_better=not m.startswith("hd95"))
+        if m == "dice_mean":
+            forest = comps
+        dg = 3 if m.startswith("dice") else 1
+        for c in comps:
+            comp_rows.append({"metric": m, "backbone": c["backbone"], "attention": c["attention"],
+                              "diff": f"{c['diff']:+.{dg}f}", "95 % CI": f"[{c['lo']:+.{dg}f}, {c['hi']:+.{dg}f}]",
+                              "p": f"{c['p']:.3g}", "p_Holm": f"{c['p_holm']:.3g}",
+                              "wins/losses": f"{c['wins']}/{c['losses']}", "n": c["n"], "verdict": c["verdict"]})
+    if comp_rows:
+        lines.append(markdown_table(comp_rows, ["metric", "backbone", "attention", "diff", "95 % CI", "p", "p_Holm",
+                                                "wins/losses", "n", "verdict"]))
+    if forest:
+        forest_plot(forest, out / "forest.png", "Δ mean Dice (ET, TC, WT) vs no attention")
+        lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)"]
+    return lines
