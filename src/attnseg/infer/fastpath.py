@@ -353,7 +353,7 @@ def prepare_model(model: nn.Module, spatial_dims: int = 3, onednn: bool = True,
     matmul formulation; parameters and state-dict keys are unchanged.
     ``fast_norm``: compute ``nn.InstanceNorm{2,3}d`` without running statistics with the
     group-norm kernel (same maths; float rounding differs by ~1e-6 relative).
-    ``channels_last``: convert 4D/5D weights to channels-last(-3d). Has no effect on CUDA models
+    ``channels_last``: convert 4D/5D weights to channels-last / channels-last-3d (by rank). Has no effect on CUDA models
     other than the memory format.
     ``inplace_act``: activations that directly follow a conv/norm inside an ``nn.Sequential``
     (e.g. ``ConvNormAct``) run in place, and so do instance norms (with ``fast_norm``) that
@@ -370,8 +370,18 @@ def prepare_model(model: nn.Module, spatial_dims: int = 3, onednn: bool = True,
     if inplace_act and not model.training:
         _inplace_activations(model)
     if channels_last:
-        model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+        # by rank, not one format for the model: a 3D model may hold 2D convolutions (hdenseunet),
+        # whose 4-D weights model.to(memory_format=channels_last_3d) refuses
+        model._apply(_channels_last_by_rank)
     return model
+
+
+def _channels_last_by_rank(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 5:
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def unprepare_model(model: nn.Module) -> nn.Module:
