@@ -122,11 +122,6 @@ CHALLENGES: dict[str, tuple[int, float]] = {"GLI": (3, 50.0), "SSA": (3, 50.0), 
                                             "MET": (1, 2.0)}
 
 
-def _region_hd95(p: np.ndarray, r: np.ndarray, spacing: Sequence[float], hd_method: str) -> float:
-    # HD95 of a mask pair that is not empty/empty under the chosen definition (inf if one is empty)
-    return hd95(p, r, spacing, hd_method)
-
-
 def _grow(mask: np.ndarray, structure: np.ndarray, iterations: int) -> tuple[np.ndarray, tuple[slice, ...]]:
     """``binary_dilation(mask, structure, iterations)`` on the mask's bounding box plus the reach
     of the dilation: ``(dilated crop, crop box)``. Identical to dilating the whole image."""
@@ -197,7 +192,7 @@ def lesion_wise_scores(pred, ref, spacing: Sequence[float] | None = None, challe
         legacy_dice, legacy_hd = 1.0, 0.0
     else:
         legacy_dice = 2.0 * tp / (n_p + n_r)
-        legacy_hd = _region_hd95(p, r, sp, hd_method)
+        legacy_hd = hd95(p, r, sp, hd_method)
     sens = tp / (tp + fn) if tp + fn else 0.0
     sens = 1.0 if not n_p and not n_r else sens
     spec = tn / (tn + fp) if tn + fp else 0.0
@@ -230,7 +225,7 @@ def lesion_wise_scores(pred, ref, spacing: Sequence[float] | None = None, challe
                            for ax in range(nd))
                 m, g = np.isin(pred_cc[cb], hits), ref_cc[cb] == k
                 d = 2.0 * int(np.count_nonzero(m & g)) / (int(pred_sizes[hits].sum()) + n_g)
-                h = _region_hd95(m, g, sp, hd_method)
+                h = hd95(m, g, sp, hd_method)
             else:
                 d, h = 0.0, float("inf")
             vol = volume(n_g)
