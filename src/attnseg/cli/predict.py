@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice-batch", type=int, default=16, help="2-D models: slices per network call")
     p.add_argument("--resume", action="store_true", help="skip cases whose output already exists")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import this Python module first (it may register the checkpoint's model); a "
+                        "checkpoint's own model.imports are never imported (repeatable)")
     p.add_argument("--labels", default=None, choices=["brats2020", "brats2023", "plain"],
                    help="label convention of the output (default: the input's)")
     pp = p.add_argument_group("post-processing (defaults: the checkpoint's, else off)")
@@ -61,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.infer.predict import check_output_dir, load_predictor, predict_cases
 
     check_output_dir(Path(args.output), [Path(args.input)])  # fail before loading anything
+    import importlib
+
+    for module in args.imports:  # only modules named on the command line, never the checkpoint's
+        importlib.import_module(module)
     roi = None if args.roi is None else (args.roi[0] if len(args.roi) == 1 else tuple(args.roi))
     predictor = load_predictor(args.checkpoint, arch=args.arch, source=args.source, device=args.device,
                                roi_size=roi, overlap=args.overlap, sw_batch_size=args.sw_batch, tta=args.tta,

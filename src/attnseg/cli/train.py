@@ -116,6 +116,7 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
 
     resume = args.resume
     cfg: dict[str, Any] = {}
+    stored_imports: list[str] = []
     if args.config:
         cfg = load_yaml(args.config)
     elif resume:
@@ -130,6 +131,10 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         if "config" not in ckpt:
             raise ValueError(f"{path}: checkpoint holds no training config; pass --config")
         cfg = ckpt["config"]
+        # a checkpoint never makes us import code: its model.imports apply only when given again
+        stored_imports = list((cfg.get("model") or {}).get("imports") or [])
+        if stored_imports:
+            cfg["model"]["imports"] = []
         resume = path
     elif args.dataroot and not args.no_plan:
         cfg = plan_config(args)
@@ -189,6 +194,15 @@ def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         elif ids:
             put("device", "cuda")
     cfg = apply_overrides(cfg, args.overrides)
+    if stored_imports and not (cfg.get("model") or {}).get("imports"):
+        from attnseg.models import MODELS
+
+        name = cfg["model"].get("name")
+        if name not in MODELS:
+            mods = ",".join(stored_imports)
+            raise ValueError(f"{path}: model {name!r} comes from module(s) {stored_imports} named in the "
+                             f"checkpoint's model.imports, which a checkpoint never imports by itself; if you "
+                             f"trust them, pass --set model.imports=[{mods}]")
     return cfg, resume
 
 

@@ -451,14 +451,16 @@ def _find_manifest(root: Path, require_labels: bool) -> list[Case]:
             imgs = [s for s in imgs.split(";") if s.strip()]
         if not imgs:
             raise DataError(f"{root}: entry {i} has no image path (columns image, image_0.. or images)")
-        paths = [(base / str(p).strip()) for p in imgs]
-        for p in paths:
+        paths = [(base / str(p).strip()) for p in imgs]  # relative to the manifest's folder
+        for p, given in zip(paths, imgs):
             if not p.is_file():
-                raise DataError(f"{p}: image listed in {root} not found")
+                raise DataError(f"{p.resolve()}: image listed in {root} (entry {i}: {str(given).strip()!r}) "
+                                f"not found")
         lab = r.get("label") or None
         lab_path = base / str(lab).strip() if lab else None
         if lab_path is not None and not lab_path.is_file():
-            raise DataError(f"{lab_path}: label listed in {root} not found")
+            raise DataError(f"{lab_path.resolve()}: label listed in {root} (entry {i}: {str(lab).strip()!r}) "
+                            f"not found")
         if lab_path is None and require_labels:
             raise DataError(f"{root}: entry {i} ({paths[0].name}) has no label")
         cid = str(r.get("case_id") or strip_suffix(paths[0].name))

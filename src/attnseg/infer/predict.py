@@ -102,7 +102,7 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
         raise ValueError("--device cuda requested but CUDA is not available")
     ckpt = load_checkpoint(checkpoint)
     if "model_name" in ckpt and source is None:
-        model, ckpt = build_model_from_checkpoint(ckpt)
+        model, ckpt = build_model_from_checkpoint(ckpt, origin=checkpoint)
         task = dict(ckpt.get("task") or {})
         if not task:
             cfg_task = (ckpt.get("config") or {}).get("task") or {}

@@ -130,14 +130,17 @@ def model_checkpoint(model_name: str, model_kwargs: dict[str, Any], state_dict: 
 
 
 def build_model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, strict: bool = True,
-                                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+                                map_location: str | torch.device = "cpu",
+                                origin: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the registered model a checkpoint describes and load its weights.
 
-    Returns ``(model, checkpoint_dict)``; the model is in eval mode.
+    Returns ``(model, checkpoint_dict)``; the model is in eval mode. ``origin``: the file a
+    checkpoint dict came from (named in error messages). The checkpoint's ``model.imports``
+    are never imported: a model they would register must be imported by the caller.
     """
     from attnseg.models import create_model
 
-    where = "checkpoint"
+    where = str(origin) if origin is not None else "checkpoint"
     if not isinstance(ckpt, dict):
         where = str(ckpt)
         ckpt = load_checkpoint(ckpt, map_location)
@@ -146,7 +149,15 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, strict
         hint = (" It looks like a reference checkpoint: convert it with `attnseg convert-checkpoint`."
                 if "net" in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()) else "")
         raise CheckpointError(f"{where}: not an attnseg checkpoint (missing {missing}).{hint}")
-    model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+    from attnseg.models import MODELS
+
+    name = ckpt["model_name"]
+    imports = ((ckpt.get("config") or {}).get("model") or {}).get("imports") or []
+    if name not in MODELS and imports:
+        raise CheckpointError(f"{where}: model {name!r} comes from module(s) {list(imports)} named in the "
+                              f"checkpoint's model.imports, which a checkpoint never imports by itself; if you "
+                              f"trust them, pass --import {' --import '.join(imports)}")
+    model = create_model(name, **ckpt.get("model_kwargs", {}))
     state = ckpt["model"]
     # checkpoints written from DDP or torch.compile wrappers carry prefixes
     for prefix in ("module.", "_orig_mod."):

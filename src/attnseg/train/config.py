@@ -123,7 +123,7 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        raise ValueError(yaml_error_line(path, exc)) from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config must be a mapping, found {type(data).__name__}")
     base = data.pop("base", None)
@@ -131,6 +131,19 @@ def load_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
         parent = load_yaml(path.parent / base, (*_seen, path.resolve()))
         data = deep_merge(parent, data)
     return data
+
+
+def yaml_error_line(path: str | os.PathLike, exc: Exception) -> str:
+    """One line for a YAML file the safe loader refused: where, and why (a ``!!python/...`` tag
+    is named as code the file would run: attnseg never loads YAML with an unsafe loader)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if "python/" in problem:
+        tag = problem.split("tag:yaml.org,2002:")[-1].rstrip("'\"")
+        return (f"{where}: refused: the tag !!{tag} asks to run Python code; configs are read with a "
+                f"safe YAML loader (plain values, lists and mappings only)")
+    return f"{where}: not valid YAML: {problem}"
 
 
 def parse_value(text: str) -> Any:
