@@ -155,8 +155,8 @@ def main() -> None:
         diffs = np.abs(np.array([mine[k] for k in ("ET", "TC", "WT")]) - np.array([other[k] for k in ("ET", "TC",
                                                                                                         "WT")]))
         agree.append({"compared with": name, "attnseg definition": "pooled" if name.startswith("MedPy") else "monai",
-                      "max |Δ Dice|": f"{diffs[:, 0].max():.2e}", "max |Δ HD95| mm": f"{diffs[:, 1].max():.2e}",
-                      "max |Δ ASSD| mm": f"{diffs[:, 2].max():.2e}"})
+                      "max abs Δ Dice": f"{diffs[:, 0].max():.2e}", "max abs Δ HD95 (mm)": f"{diffs[:, 1].max():.2e}",
+                      "max abs Δ ASSD (mm)": f"{diffs[:, 2].max():.2e}"})
     if args.markdown:
         print(f"**Per-case scoring time** ({title})\n")
         print(markdown_table(rows, cols))
