@@ -23,12 +23,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="size of the region explained, centred on the foreground (default: the training patch)")
     p.add_argument("--full", action="store_true", help="explain the whole preprocessed volume (memory!)")
     p.add_argument("--list-layers", action="store_true", help="print the valid --layer names and exit")
+    p.add_argument("--slice-weights", action="store_true",
+                   help="models with slice attention (pam, slice): plot the slice-weight profile of every level "
+                        "along the slice axis next to the tumour extent, and the key slices kept "
+                        "(OUT/slice_weights.png) instead of the CAM maps")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from attnseg.report.cam import cam_for_case, candidate_layers, default_layer
 
+    if args.slice_weights:
+        from attnseg.report.slice_weights import case_slice_weights, plot_slice_weights
+
+        res = case_slice_weights(args.checkpoint, args.case, roi_size=args.roi_size)
+        for n in res.notes:
+            print(f"note: {n}")
+        for p in res.profiles:
+            kept = int((p.kept >= 0.5).sum())
+            print(f"{p.name}: {len(p.weights)} slices, weight {p.weights.min():.3f}..{p.weights.max():.3f}, "
+                  f"{kept} slice(s) kept by most channels")
+        print(f"wrote {plot_slice_weights(res, Path(args.out) / 'slice_weights.png')}")
+        return 0
     if args.list_layers:
         from attnseg.train.checkpoint import build_model_from_checkpoint
 

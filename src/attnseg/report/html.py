@@ -485,6 +485,15 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
         cases = viewer_cases_section(ev, picks, pdir, ddir)
         cases.write_files(out / "viewer")
         page.add("cases", "Cases", ("help", f"All {len(ev.case_ids)} cases, best first."), ("viewer", cases))
+        from attnseg.report.slice_weights import report_slice_weights
+
+        # models with slice attention (PAM): slice-weight profile per level of the median case
+        sw = report_slice_weights(run.checkpoint, ddir, [picks[k][0] for k in ("median", "best", "worst")
+                                                         if k in picks], out)
+        if sw is not None:
+            written.append(sw[0])
+            page.add("slice-weights", "Slice attention",
+                     ("fig", Figure(sw[0].name, sw[1], "slice-weight profile per level next to the tumour extent")))
     else:
         page.add("metrics", "Test-set metrics", ("note", next(n for n in notes if n.startswith("no evaluation"))))
 
