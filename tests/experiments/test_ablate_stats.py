@@ -85,6 +85,10 @@ def test_paired_comparison_and_holm_over_modules():
     assert [r["p_holm"] for r in rows] == pytest.approx(holm([r["p"] for r in rows]))
     assert rows[0]["verdict"] == "better"
     assert rows[1]["verdict"] == "no detectable difference"
+    from attnseg.experiments.ablate import verdict_sentence
+
+    assert verdict_sentence(rows[0]).startswith("better") and f"{rows[0]['diff']:+.3f}" in verdict_sentence(rows[0])
+    assert verdict_sentence(rows[1]).startswith("no detectable difference")
     # lower-is-better metrics flip the verdict's direction
     worse = compare_to_none({k: v for k, v in cells.items() if k[1] != "same"}, "dice_mean", higher_is_better=False)
     assert worse[0]["verdict"] == "worse"
@@ -145,3 +149,5 @@ def test_ablate_seeds_with_held_out_cases_cli(tmp_path, capsys):
     comp = next(line for line in page.splitlines() if line.startswith("| dice_mean | unet | cse |"))
     pr = paired({s: recs[f"unet__cse__s{s}"]["per_case"] for s in (0, 1)}, pcs, "dice_mean")
     assert f"{pr['diff']:+.3f}" in comp and "| 3 |" in comp
+    sentence = next(line for line in page.splitlines() if line.startswith("- **unet + cse**"))
+    assert f"{pr['diff']:+.3f}" in sentence and any(v in sentence for v in ("better", "worse", "no detectable"))

@@ -276,7 +276,8 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [Cell(b, a, s) for b in backbones for a in attentions for s in range(seeds)]
+    # seed-major: an interrupted run has whole seeds of every cell (paired comparisons need them)
+    cells = [Cell(b, a, s) for s in range(seeds) for b in backbones for a in attentions]
     todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already finished")
     if devices and len(devices) > 1:
@@ -366,5 +367,19 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
                                                 "wins/losses", "n", "verdict"]))
     if forest:
         forest_plot(forest, out / "forest.png", "Δ mean Dice (ET, TC, WT) vs no attention")
-        lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)"]
+        lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)", "",
+                  "## What the data support", ""]
+        for c in forest:
+            lines.append(f"- **{c['backbone']} + {c['attention']}**: {verdict_sentence(c)}")
     return lines
+
+
+def verdict_sentence(c: dict[str, Any]) -> str:
+    """One sentence on a paired mean-Dice comparison (a row of ``compare_to_none``)."""
+    nums = (f"Δ mean Dice {c['diff']:+.3f}, 95 % CI [{c['lo']:+.3f}, {c['hi']:+.3f}], Wilcoxon p {c['p']:.2g} "
+            f"(Holm {c['p_holm']:.2g}), better on {c['wins']} and worse on {c['losses']} of {c['n']} cases")
+    if c["verdict"] == "better":
+        return f"better than without attention ({nums})."
+    if c["verdict"] == "worse":
+        return f"worse than without attention ({nums})."
+    return f"no detectable difference from the backbone without attention ({nums})."
