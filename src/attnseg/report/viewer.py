@@ -295,6 +295,7 @@ def _payload(cv: CaseVolumes, vols: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": {"values": [1, 2, 3], "names": list(ERROR_NAMES), "colours": list(ERROR_COLOURS)},
             "dims": [int(s) for s in cv.images[0].shape], "full_dims": [int(s) for s in cv.full_shape],
             "stride": cv.stride, "quantised": bool(cv.images[0].dtype == np.uint8), "centre": cv.centre(),
+            "centre_mm": [float(v) for v in (cv.affine @ [*cv.centre(), 1.0])[:3]],
             # hook for the slice-weight profile of models with slice attention (issue #13):
             # {"axis": int, "weights": [float, ...], "label": str}; drawn next to the viewer when present
             "slice_profile": None}

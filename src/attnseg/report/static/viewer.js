@@ -111,6 +111,8 @@
       dragAndDropEnabled: false, multiplanarShowRender: N.SHOW_RENDER.ALWAYS,
       multiplanarLayout: N.MULTIPLANAR_TYPE.GRID, crosshairColor: [1, 0.25, 0.25, 0.8], crosshairWidth: 0.4,
       crosshairWidthUnit: "percent", loadingText: "" });
+    api.nv = nv; // the NiiVue instance, for scripting the page
+    api.nv = nv; // the NiiVue instance, for scripting the page
     return nv.attachToCanvas($("attnseg-canvas")).then(function () {
       nv.setSliceType(N.SLICE_TYPE.MULTIPLANAR);
       nv.setInterpolation(true); // nearest neighbour: voxels and label borders as they are
@@ -122,10 +124,10 @@
     var on = $(LAYERS[key] + "-on").checked;
     return on ? Number($(LAYERS[key]).value) : 0;
   }
-  function applyOpacity() {
+  function applyOpacity() { // only layers that changed: each setOpacity refreshes every layer
     layers.forEach(function (key, i) {
-      state.opacity[key] = opacityOf(key);
-      nv.setOpacity(i + 1, state.opacity[key]);
+      var o = opacityOf(key);
+      if (state.opacity[key] !== o) { state.opacity[key] = o; nv.setOpacity(i + 1, o); }
     });
   }
   function toggle(key) {
@@ -168,23 +170,24 @@
       return Promise.all(wanted.map(function (w) { return loadVolume(byKey[w[0]], w[1] + ".nii.gz", w[2]); }))
         .then(function (imgs) {
           if (my !== token) return false;
-          while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1]);
           layers = [];
           state.labelValues = {};
           imgs.forEach(function (im, i) {
             if (wanted[i][3]) {
               im.setColormapLabel(lut(wanted[i][3]));
               layers.push(wanted[i][0]);
+              state.opacity[wanted[i][0]] = im.opacity = opacityOf(wanted[i][0]);
             }
-            nv.addVolume(im);
           });
+          // swap all volumes at once: addVolume/removeVolume each re-upload every layer
+          nv.volumes = imgs; nv.back = imgs[0]; nv.overlays = imgs.slice(1);
+          nv.updateGLVolume();
           layers.forEach(function (key, i) { state.labelValues[key] = distinctNonZero(nv.volumes[i + 1].img); });
-          applyOpacity();
           data = d;
           var vol0 = nv.volumes[0];
           state.n = n; state.caseId = d.id; state.channel = ch; state.channelName = d.channels[ch];
           if (keep) nv.scene.crosshairPos = keep;
-          else if (d.centre) nv.scene.crosshairPos = nv.vox2frac(d.centre, 0);
+          else if (d.centre_mm) nv.scene.crosshairPos = nv.mm2frac(d.centre_mm, 0);
           nv.drawScene();
           nv.createOnLocationChange(); // read-out of the crosshair's voxel
           state.dims = Array.prototype.slice.call(vol0.hdr.dims, 1, 4);
