@@ -57,7 +57,8 @@ def disk_full_error(path: str | os.PathLike, needed: int, what: str = "file",
         reason = " (disk quota exceeded)"
     free_s = "unknown" if free is None else _mib(free)
     return DiskFullError(f"{path}: no space to write the {what}{reason}: it needs about {_mib(needed)}, "
-                         f"{free_s} free on that file system; nothing was written under this name")
+                         f"{free_s} free on that file system; {path.name} was not written (an earlier file of that "
+                         f"name is unchanged)")
 
 
 def payload_bytes(obj: Any) -> int:
