@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--reference-postprocess", action="store_true",
                     help="PANet reference rules: components < 10 voxels, ET < 300 voxels")
     p.add_argument("--no-fastpath", action="store_true", help="disable the CPU fast paths")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (inductor, freezing): compiled once per window shape, "
+                        "the first call's cost is printed (3-D models)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="leave glibc malloc as is: lower peak memory, more kernel time (CPU)")
     p.set_defaults(func=run)
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                                roi_size=roi, overlap=args.overlap, sw_batch_size=args.sw_batch, tta=args.tta,
                                precision=args.precision, blend=args.blend, fastpath=not args.no_fastpath,
                                malloc_tuning=not args.no_malloc_tuning, slice_axis=args.slice_axis,
-                               slice_batch=args.slice_batch)
+                               slice_batch=args.slice_batch, compile=args.compile)
     pp = predictor.postprocess
     if args.reference_postprocess:
         pp = PostprocessConfig.reference()

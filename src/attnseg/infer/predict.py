@@ -83,13 +83,15 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
                    sw_batch_size: int = 1, tta: bool = False, precision: str = "fp32", blend: str = "gaussian",
                    postprocess_config: PostprocessConfig | None = None, fastpath: bool = True,
                    malloc_tuning: bool = True, slice_axis: int | str | None = None,
-                   slice_batch: int = 16) -> Predictor:
+                   slice_batch: int = 16, compile: bool = False) -> Predictor:
     """Load an attnseg checkpoint, or a reference checkpoint through the converter registry.
 
     ``source``: converter name (``panet-reference``, ``amis-reference``); by default attnseg
     checkpoints are recognised by their ``format`` key, a dict with ``net`` is taken for a PANet
     reference checkpoint and a bare state dict for an AMIS one (``arch`` names the preset).
     ``malloc_tuning``: keep large freed blocks in the heap (less kernel time, more peak memory).
+    ``compile``: the network through ``torch.compile`` (inductor with freezing), compiled once
+    per window shape (3-D models; see :class:`SlidingWindowInferer`).
     A 2-D model segments 3-D volumes slice by slice (:mod:`attnseg.infer.slicewise`) along the
     checkpoint's slice axis with its 2.5-D context (axial, none for checkpoints without them);
     ``slice_axis`` overrides the axis (``"all"``: average of the three orthogonal directions),
@@ -131,9 +133,10 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
         from attnseg.infer.fastpath import enable_cpu_fastpaths, prepare_model
 
         enable_cpu_fastpaths(malloc=malloc_tuning)
-        # channels-first: with oneDNN called directly, channels-last gave no speed-up here but
-        # ~95 MB more peak memory at 128^3 (layout copies around the norms); see docs/inference.md
-        prepare_model(model, nd, channels_last=False)
+        if not compile:  # torch.compile picks its own kernels and layouts from the plain modules
+            # channels-first: with oneDNN called directly, channels-last gave no speed-up here but
+            # ~95 MB more peak memory at 128^3 (layout copies around the norms); see docs/inference.md
+            prepare_model(model, nd, channels_last=False)
     if precision == "bf16" and dev.type == "cpu":
         from attnseg.infer.fastpath import onednn_bf16_supported
 
@@ -163,7 +166,8 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     else:
         inferer = SlidingWindowInferer(roi, overlap=overlap, sw_batch_size=sw_batch_size, blend=blend,
                                        mirror_axes=tuple(range(nd)) if tta else None, precision=precision,
-                                       device="auto")  # stitched on the GPU when it fits, else on the CPU
+                                       device="auto",  # stitched on the GPU when it fits, else on the CPU
+                                       compile=compile)
     return Predictor(model=model, task=task, inferer=inferer, postprocess=pp, device=dev, spatial_dims=nd)
 
 

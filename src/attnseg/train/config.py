@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",
         "grad_clip": None,  # max global grad norm, None = off
         "fastpath": True,  # CPU fast paths (oneDNN conv3d, channels_last_3d, allocator thresholds)
+        # torch.compile the network (inductor, one shape): true | false | auto (CUDA only: on CPU the
+        # first iteration's compilation costs minutes for a ~1.1x step; docs/benchmarks.md)
+        "compile": "auto",
         "deterministic": "auto",  # auto: true on CPU (free), false on CUDA (cudnn.benchmark); true | false
         "checkpoint_interval": 1,  # write last.pt every N epochs (and at every validation)
         "stop_after_epochs": None,  # stop early after this many epochs in this process (tests, jobs)
@@ -88,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
         "hd95": False,
         "max_cases": None,
         "precision": "auto",  # auto: bf16 on a CUDA GPU with native bf16, else fp32 | fp32 | bf16
+        "mode": "full",  # full: whole volumes (sliding window) | patches: pseudo Dice on patches (cheap)
+        "patches": 50,  # patches per validation in mode patches (split over the ranks)
     },
     "plan": {},  # what `attnseg plan` derived and why (information only; free-form)
     "log": {"interval": 10, "tensorboard": True, "curves": True, "progress": "auto"},
@@ -249,6 +254,10 @@ def resolve_config(cfg: dict[str, Any] | None = None) -> dict[str, Any]:
         raise ValueError(f"train.precision must be auto, fp32, bf16, fp16 or mixed, got {prec!r}")
     if out["validation"]["precision"] not in ("auto", "fp32", "bf16"):
         raise ValueError(f"validation.precision must be auto, fp32 or bf16, got {out['validation']['precision']!r}")
+    if out["train"].get("compile", "auto") not in ("auto", True, False):
+        raise ValueError(f"train.compile must be auto, true or false, got {out['train']['compile']!r}")
+    if out["validation"]["mode"] not in ("full", "patches"):
+        raise ValueError(f"validation.mode must be full or patches, got {out['validation']['mode']!r}")
     if out["train"]["deterministic"] not in ("auto", True, False):
         raise ValueError(f"train.deterministic must be auto, true or false, got {out['train']['deterministic']!r}")
     if int(d["batch_size"]) < 1:

@@ -455,7 +455,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     from attnseg.data.dataset import worker_init_fn
 
     model = create_model(cfg["model"]["name"], **model_kwargs(cfg)).to(device)
-    if fast:
+    compiled = _compile_wanted(tr.get("compile", "auto"), device)
+    if fast and not compiled:  # torch.compile picks its own kernels from the plain modules
         model = _fastpath().prepare_model(model, _spatial_dims(model))
     raw = model
     criterion = build_training_loss(cfg["loss"], kind).to(device)
@@ -464,6 +465,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         unused = _find_unused(cfg, raw, criterion, dataset, device, fast, amp_dtype, dd)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
+    if compiled:  # one static shape (the patch); checkpoints and validation use the plain `raw`
+        model = torch.compile(model, dynamic=False)
     optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
     schedule = build_schedule(optimizer, tr["schedule"], iters, epochs)
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and dd.main and \
@@ -517,6 +520,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
         guard.new_epoch()
         progress.start(epoch, epochs, iters)
         for step, batch in _batches(loader, epoch, iteration, last_good):
+            t_step = time.perf_counter()
             loss, parts, n_batch = _forward_loss(model, criterion, batch, device, fast, amp_dtype, kind)
             # a NaN/Inf loss is skipped (no backward, no optimizer or scaler step) and counted; the guard
             # stops the run after train.max_nonfinite_steps in a row (one host sync per step)
@@ -548,6 +552,9 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                                 iteration + 1)
             schedule.step()
             iteration += 1
+            if compiled and dd.main and step == 1 and epoch == start_epoch:
+                LOG.info("torch.compile: first training iteration took %.1f s (compilation included)",
+                         time.perf_counter() - t_step)
             parts = {"loss": loss.detach(), **parts}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
@@ -572,7 +579,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                                                 or out_of_time)
         improved = False
         if do_val and n_val:
-            scores = _validate(raw, val_vols, cfg, device, fast, dd)
+            validate = _validate_patches if vcfg.get("mode", "full") == "patches" else _validate
+            scores = validate(raw, val_vols, cfg, device, fast, dd)
             row.update({f"val_{k}": v for k, v in scores.items()})
             value = row.get(metric_key)
             if value is None and scores:
@@ -633,6 +641,12 @@ def _task_dict(cfg: dict[str, Any]) -> dict[str, Any]:
             "preprocess": preprocess_config(d["preprocess"]).to_json(),
             "regions": list(REGIONS) if t["kind"] == "brats-regions" else None,
             "label_names": {int(k): str(v) for k, v in (t.get("label_names") or {}).items()} or None}
+
+
+def _compile_wanted(spec: Any, device: torch.device) -> bool:
+    """``train.compile``: true, false, or auto (on CUDA only; on CPU the compilation costs far
+    more than it saves in a short run, see docs/benchmarks.md)."""
+    return device.type == "cuda" if spec == "auto" else bool(spec)
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> torch.Tensor | None:
@@ -778,6 +792,57 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
     hd = [v for k, v in scores.items() if k.startswith("hd95_")]
     if hd:
         scores["hd95_mean"] = sum(hd) / len(hd)
+    return scores
+
+
+@torch.no_grad()
+def _validate_patches(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], device: torch.device,
+                      fast: bool, dd: _Dist) -> dict[str, float]:
+    """Cheap validation (``validation.mode: patches``, as nnU-Net's per-epoch pseudo Dice):
+    ``validation.patches`` training-size patches (foreground-centred at
+    ``data.foreground_fraction``, no augmentation, the same patches at every validation),
+    split over the ranks; Dice per region/class from true/false positives and false negatives
+    summed over all patches (``2TP / (2TP + FP + FN)``, 1 when both are empty). Cheaper than
+    whole volumes but not comparable with them (patches miss most of the background)."""
+    vcfg, dcfg, kind = cfg["validation"], cfg["data"], cfg["task"]["kind"]
+    was_training = model.training
+    model.eval()
+    amp = inference_precision(vcfg["precision"], device) == "bf16"
+    activated = getattr(model, "eval_activation", None)
+    n_out = 3 if kind == "brats-regions" else int(cfg["task"]["num_classes"]) - 1
+    names = REGIONS if kind == "brats-regions" else tuple(class_key(c, cfg["task"].get("label_names"))
+                                                          for c in range(1, n_out + 1))
+    counts = torch.zeros(3, n_out, dtype=torch.float64, device=device)  # TP, FP, FN per region/class
+    per_rank = -(-int(vcfg["patches"]) // dd.world)
+    if vols:
+        ds = patch_dataset(MemoryCache(vols), dcfg["patch_size"], per_rank, dcfg["foreground_fraction"], "none",
+                           int(cfg["seed"]) + 7919 * (dd.rank + 1), None, dcfg.get("slice_axis"),
+                           int(dcfg.get("context") or 0))
+        ds.set_epoch(0)
+        step = max(int(vcfg["sw_batch_size"]), 1)
+        for start in range(0, per_rank, step):
+            batch = torch.utils.data.default_collate([ds[j] for j in range(start, min(start + step, per_rank))])
+            x = batch["image"].to(device)
+            lab = batch["label"].to(device).long()
+            if fast:
+                x = _fastpath().prepare_input(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = _as_dict(model(x))["out"].float()
+            if kind == "brats-regions":
+                pred = out[:, -3:] > (0.5 if activated == "sigmoid" else 0.0)
+                ref = region_target(lab, 3) > 0.5
+            else:
+                cls = out.argmax(1)
+                pred = torch.stack([cls == c for c in range(1, n_out + 1)], 1)
+                ref = torch.stack([lab == c for c in range(1, n_out + 1)], 1)
+            dims = [0, *range(2, pred.dim())]
+            counts += torch.stack([(pred & ref).sum(dims), (pred & ~ref).sum(dims), (~pred & ref).sum(dims)])
+    model.train(was_training)
+    tp, fp, fn = all_reduce_sum(counts, dd)
+    denom = 2 * tp + fp + fn
+    dice = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(denom))
+    scores = {f"dice_{name}": float(d) for name, d in zip(names, dice)}
+    scores["dice_mean"] = float(dice.mean())
     return scores
 
 
