@@ -339,3 +339,47 @@ def test_training_with_a_persistent_worker_equals_training_in_process(tmp_path):
     wb = load_checkpoint(b.run_dir / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a.history[-1]["train_loss"] == b.history[-1]["train_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# cheap validation on patches
+
+
+class _Oracle(nn.Module):
+    """Region logits (bg, ET, TC, WT) read off input channel 0, which holds the class map."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        super().__init__()
+        self.sign = sign
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        c = x[:, 0].round()
+        regions = torch.stack([c == 0, c == 3, (c == 1) | (c == 3), c > 0], 1).float()
+        return self.sign * self.w * (20 * regions - 10)
+
+
+def test_patch_validation_scores_an_oracle_one_and_its_opposite_zero():
+    from attnseg.train.config import resolve_config
+    from attnseg.train.data import Volume
+    from attnseg.train.trainer import _validate_patches
+
+    vols = [Volume(v.case_id, np.stack([v.label.astype(np.float32), v.image[0]]), v.label)
+            for v in tiny_volumes(2, 5)]
+    cfg = resolve_config(tiny_config(Path("unused"), "p", validation__mode="patches", validation__patches=5,
+                                     validation__sw_batch_size=2))
+    good = _validate_patches(_Oracle(), vols, cfg, torch.device("cpu"), False, D.DistInfo())
+    assert good == {"dice_ET": 1.0, "dice_TC": 1.0, "dice_WT": 1.0, "dice_mean": 1.0}
+    bad = _validate_patches(_Oracle(-1.0), vols, cfg, torch.device("cpu"), False, D.DistInfo())
+    assert bad == {"dice_ET": 0.0, "dice_TC": 0.0, "dice_WT": 0.0, "dice_mean": 0.0}
+
+
+def test_training_with_patch_validation_writes_the_scores(tmp_path):
+    from attnseg.train.trainer import run_training
+
+    res = run_training(tiny_config(tmp_path, "pv", train__epochs=2, validation__interval=2,
+                                   validation__mode="patches", validation__patches=3),
+                       volumes=(tiny_volumes(2, 0), tiny_volumes(2, 1)))
+    row = res.history[-1]
+    assert {"val_dice_ET", "val_dice_TC", "val_dice_WT", "val_dice_mean"} <= set(row)
+    assert 0.0 <= row["val_dice_mean"] <= 1.0 and res.best_epoch == 2
