@@ -61,9 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--context", type=int,
                    help="2.5-D: feed slices z-k..z+k of every modality as input channels (k = CONTEXT)")
     g.add_argument("--lr", "--init_learningrate", dest="lr", type=float, help="base learning rate")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16", "mixed"])
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "mixed"],
+                   help="auto (default): fp32 on CPU; CUDA: bf16 where native, else fp16 + GradScaler")
     g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N (under torchrun: auto/cuda, local rank r -> cuda:r)")
     g.add_argument("--workers", "--num_threads", dest="workers", type=int, help="data loader workers")
     g.add_argument("--val-interval", dest="val_interval", type=int, help="validate every N epochs")
     g.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
