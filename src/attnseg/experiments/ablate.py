@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -281,7 +282,8 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already finished")
     if devices and len(devices) > 1:
-        with ProcessPoolExecutor(len(devices)) as pool:
+        # spawned workers: a forked child cannot initialise CUDA once its parent has
+        with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
             def submit(c: Cell, device: str) -> Future:
                 log(f"training {c.name} on {device}")
                 return pool.submit(run_cell, config, c, out, budget_minutes, device, test_dir)
