@@ -69,8 +69,13 @@ def test_run_on_devices_reraises_the_first_failure_and_starts_nothing_after_it()
     with ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError, match="cell 1 failed"):
         run_on_devices(range(6), ["a", "b"], lambda j, d: pool.submit(run, j, d))
     assert len(started) < 6
-    with pytest.raises(ValueError, match="names a device twice"):
-        run_on_devices([1], ["cuda:0", "cuda:0"], lambda j, d: None)
+
+
+def test_a_device_named_twice_is_two_slots():
+    rec = _Recorder()
+    with ThreadPoolExecutor(2) as pool:
+        run_on_devices(range(3), ["cpu", "cpu"], lambda j, d: pool.submit(rec.run, j, d))
+    assert rec.peak == {"cpu": 2} and sorted(rec.ran) == [0, 1, 2]
 
 
 def test_demo_predicts_on_the_training_device_with_a_precision_the_predictor_accepts():

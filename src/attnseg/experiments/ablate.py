@@ -238,9 +238,8 @@ def run_on_devices(jobs: Sequence[Any], devices: Sequence[str], submit: Callable
     """Run ``jobs`` with one job per device at a time: a job starts on a device only when that
     device is free, so no device holds two jobs while another idles (a fixed round-robin
     assignment queues jobs behind a slow one). ``submit(job, device)`` starts a job and returns
-    its future; the first failure is re-raised after the running jobs finish."""
-    if len(set(devices)) != len(devices):
-        raise ValueError(f"--devices names a device twice: {','.join(devices)}")
+    its future; the first failure is re-raised after the running jobs finish. Each entry of
+    ``devices`` is one slot: ``cpu,cpu`` runs two jobs side by side on the CPU."""
     pending = list(jobs)
     free = list(devices)
     running: dict[Future, tuple[Any, str]] = {}
