@@ -57,17 +57,37 @@ def case_threshold():
     return pred, ref
 
 
+def case_threshold_aniso():
+    # at 1 × 1 × 2 mm: 25 voxels = 50 mm³ (left out), 26 voxels = 52 mm³ (counted); MET: 1 voxel = 2 mm³
+    ref, pred = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+    box(ref, (2, 2, 2), (5, 5, 1), 3)
+    box(ref, (2, 12, 2), (5, 5, 1), 3)
+    ref[2, 17, 2] = 3
+    ref[20, 2, 2] = 3
+    box(ref, (20, 12, 2), (1, 2, 1), 3)
+    box(pred, (2, 12, 2), (5, 4, 1), 3)
+    pred[20, 2, 2] = 3
+    return pred, ref
+
+
 def case_diagonal():
     ref, pred = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
     for i in range(8):                       # voxels touching by corners only: one 26-connected lesion
         ref[4 + i, 4 + i, 4 + i % 4] = 3
-    box(ref, (2, 20, 2), (4, 4, 4), 1)
-    box(ref, (10, 28, 10), (4, 4, 4), 1)    # dilations meet only diagonally
+    # cubes whose corners are (6, 6, 6) apart: 3 dilations with the 3×3×3 cube would merge them,
+    # the script's 18-neighbourhood keeps them apart (GLI, SSA, PED)
+    box(ref, (2, 16, 2), (4, 4, 4), 1)
+    box(ref, (11, 25, 11), (4, 4, 4), 1)
+    # corners (3, 3, 3) apart: the same for one dilation (MEN, MET)
+    box(ref, (20, 2, 14), (4, 4, 4), 1)
+    box(ref, (26, 8, 20), (4, 4, 4), 1)
     for i in range(6):
         pred[5 + i, 4 + i, 4 + i % 3] = 3
     pred[20, 20, 20] = 3                     # two single voxels, corner to corner: one component
     pred[21, 21, 21] = 3
-    box(pred, (2, 20, 2), (4, 4, 4), 1)
+    box(pred, (2, 16, 2), (4, 4, 4), 1)
+    pred[19, 1, 13] = 1                      # touches a reference cube's corner only: a false positive
+                                             # for one 18-neighbourhood dilation, a match for three
     return pred, ref
 
 
@@ -108,10 +128,14 @@ def case_random(seed: int):
     return pred, ref
 
 
-CASES = {"merged": case_merged, "threshold": case_threshold, "diagonal": case_diagonal, "tiny_fp": case_tiny_fp,
+CASES = {"merged": case_merged, "threshold": case_threshold, "threshold_aniso": case_threshold_aniso,
+         "diagonal": case_diagonal, "tiny_fp": case_tiny_fp,
          "empty_ref": case_empty_ref, "empty_pred": case_empty_pred, "random0": lambda: case_random(0),
          "random1": lambda: case_random(1)}
 ZOOMS = {"iso": (1.0, 1.0, 1.0), "aniso": (1.0, 1.0, 2.0), "odd": (1.2, 0.7, 3.3), "fine": (0.9375, 0.9375, 1.5)}
+# the threshold cases sit exactly at the volume thresholds with these voxel sizes; the others
+# rotate through ZOOMS with the challenge
+FIXED_ZOOMS = {"threshold": ZOOMS["iso"], "threshold_aniso": ZOOMS["aniso"]}
 
 
 def write_case(tmp_path, name: str, pred: np.ndarray, ref: np.ndarray, zooms) -> tuple:
@@ -139,7 +163,7 @@ def test_every_case_every_challenge_equals_the_official_script(tmp_path, challen
     zoom_names = list(ZOOMS)
     for i, (name, make) in enumerate(CASES.items()):
         pred, ref = make()
-        zooms = ZOOMS[zoom_names[(i + len(challenge)) % len(zoom_names)]]
+        zooms = FIXED_ZOOMS.get(name, ZOOMS[zoom_names[(i + list(CHALLENGES).index(challenge)) % len(zoom_names)]])
         write_case(tmp_path, name, pred, ref, zooms)
     rows, info = evaluate_folders(tmp_path / "pred", tmp_path / "ref", lesion_wise=True, challenge=challenge)
     assert info["cases"] == len(CASES)
