@@ -55,9 +55,9 @@ def labels(path: Path) -> np.ndarray:
 
 
 def run_script(code: str, *args: str, timeout: float = 240, cwd: Path | None = None,
-               extra_path: Path | None = None) -> subprocess.CompletedProcess:
+               extra_path: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` (dedented) in a fresh interpreter, one thread, ``args`` as ``sys.argv[1:]``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     if extra_path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, capture_output=True,
