@@ -68,6 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"attnseg {args.command}: error: {msg}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        from attnseg.runtime.fs import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        # any other write that met a full disk (logs, metrics, configs): one line naming the file
+        print(f"attnseg {args.command}: error: {exc.filename or '?'}: {exc.strerror} (disk full, quota or "
+              f"ulimit -f); free space, then rerun (train: with --resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: no traceback (train prints how to resume before this)
         print(f"attnseg {args.command}: interrupted", file=sys.stderr)
         return 130
