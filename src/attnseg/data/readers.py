@@ -179,10 +179,9 @@ def find_cases(root: str | os.PathLike, layout: str = "auto", *, channels: list[
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     root = Path(root)
     subset = _subset_code(subset)
-    if root.is_dir() and root.name in ("imagesTr", "imagesTs") and (root.parent / "dataset.json").is_file():
+    if root.is_dir() and root.name in ("imagesTr", "imagesTs") and (root.parent / "dataset.json").is_file() \
+            and layout in ("auto", "nnunet", "msd"):
         subset, root = root.name[-2:], root.parent  # .../imagesTs given: that part of the dataset
-        if layout not in ("auto", "nnunet", "msd"):
-            raise ValueError(f"{root}: an images{subset} folder is read with layout nnunet or msd, not {layout!r}")
     if layout == "auto":
         layout = detect_layout(root)
     elif not root.exists():
