@@ -106,13 +106,25 @@ def test_ablate_seeds_with_held_out_cases_cli(tmp_path, capsys):
     """The user's command: ``attnseg ablate --seeds 2 --test-data DIR`` → CI table, paired tests, forest plot."""
     import json
 
+    import nibabel as nib
     import yaml
 
     from attnseg.cli.main import main
-    from attnseg.data.synth import make_synth_brats
+    from attnseg.data.synth import synth_brats_case
 
+    # three phantom cases cut to 40 x 40 x 32 voxels around the tumour (small: fast to train and score)
     data = tmp_path / "data"
-    make_synth_brats(data, cases=3, spacing=2, seed=0)
+    for i in range(3):
+        c = synth_brats_case(0, i, 2)
+        ctr = np.argwhere(c["seg"] > 0).mean(0).astype(int)
+        lo = [int(np.clip(m - s // 2, 0, n - s)) for m, s, n in zip(ctr, (40, 40, 32), c["seg"].shape)]
+        sl = tuple(slice(a, a + s) for a, s in zip(lo, (40, 40, 32)))
+        d = data / f"BraTS20_Synth_{i + 1:03d}"
+        d.mkdir(parents=True)
+        for name, arr in [*c["images"].items(), ("seg", c["seg"])]:
+            cut = np.zeros_like(arr[sl])  # a 2-voxel empty border, as around a skull-stripped brain
+            cut[2:-2, 2:-2, 2:-2] = arr[sl][2:-2, 2:-2, 2:-2]
+            nib.save(nib.Nifti1Image(cut, c["affine"]), str(d / f"{d.name}_{name}.nii.gz"))
     test = data  # the machinery, not a fair test set: the held-out folder may be any BraTS folder
     cfg = {
         "device": "cpu",
@@ -123,7 +135,7 @@ def test_ablate_seeds_with_held_out_cases_cli(tmp_path, capsys):
         "train": {"epochs": 1, "iterations_per_epoch": 1,
                   "schedule": {"name": "warmup_cosine", "warmup_epochs": 0, "flat_epochs": 1}},
         "loss": {"deep_supervision": {"enabled": False}, "prior": {"enabled": False}},
-        "validation": {"interval": 1, "roi_size": [64, 64, 64], "max_cases": 1, "overlap": 0.0},
+        "validation": {"interval": 1, "roi_size": [32, 32, 32], "max_cases": 1, "overlap": 0.0},
         "log": {"tensorboard": False, "curves": False},
     }
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
