@@ -170,3 +170,19 @@ def test_predict_out_of_memory_names_settings_and_goes_on(setup, tmp_path, capsy
     text = capsys.readouterr()
     assert "predicted 1 case(s), skipped 3, failed 0" in text.out
     assert "Case_001: wrote" in text.err
+
+
+def test_any_write_meeting_a_full_disk_ends_in_one_line(monkeypatch, capsys, tmp_path):
+    # e.g. a log or metrics file: no traceback, the file named
+    import errno
+
+    import attnseg.cli.predict as cli_predict
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "log.txt"))
+
+    monkeypatch.setattr(cli_predict, "run", full)
+    assert main(["predict", "-c", "x.pt", "-i", "in", "-o", "out"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"attnseg predict: error: {tmp_path / 'log.txt'}: No space left on device (disk full, quota or ulimit -f); "
+        f"free space, then rerun (train: with --resume)"]
