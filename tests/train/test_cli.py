@@ -21,7 +21,8 @@ def _resolved(capsys, *argv):
 
 
 def test_amis_reference_flags_map_onto_config(capsys, tmp_path):
-    cfg = _resolved(capsys, "--dataroot", str(tmp_path), "--name", "exp1", "--checkpoints_dir", "ck",
+    # --no-plan: the folder is empty (nothing to plan from); the flags' mapping is what is tested
+    cfg = _resolved(capsys, "--no-plan", "--dataroot", str(tmp_path), "--name", "exp1", "--checkpoints_dir", "ck",
                     "--model", "cSEunet3d", "--dataset_mode", "MALC", "--in_channels", "1", "--out_channels", "11",
                     "--gpu_ids", "-1")
     assert cfg["data"]["root"] == str(tmp_path) and cfg["data"]["layout"] == "malc"
