@@ -13,6 +13,7 @@ from attnseg.experiments.ablate_stats import (
     cell_stats,
     compare_to_none,
     forest_plot,
+    hierarchical_ci,
     holm,
     paired,
     wilcoxon_p,
@@ -92,6 +93,25 @@ def test_paired_comparison_and_holm_over_modules():
     # lower-is-better metrics flip the verdict's direction
     worse = compare_to_none({k: v for k, v in cells.items() if k[1] != "same"}, "dice_mean", higher_is_better=False)
     assert worse[0]["verdict"] == "worse"
+
+
+def test_hierarchical_ci_adds_seed_noise():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.5, 0.9, 15)
+    gain = 0.03 + rng.normal(0, 0.02, 15)
+    same = hierarchical_ci(np.stack([base + gain] * 3), np.stack([base] * 3), n_boot=20_000)
+    # identical seeds: the case bootstrap of the differences
+    ref = bootstrap_ci(gain, n_boot=20_000, seed=5)
+    assert same[0] == pytest.approx(ref[0], abs=0.004) and same[1] == pytest.approx(ref[1], abs=0.004)
+    # seeds that shift every case together (a training-run effect) widen the interval
+    shift = np.array([[-0.05], [0.0], [0.05]])
+    noisy = hierarchical_ci(base + gain + shift, base + shift[::-1], n_boot=20_000)
+    assert noisy[1] - noisy[0] > 2 * (same[1] - same[0])
+    assert noisy[0] < 0 < same[0]  # the 0.03 gain is no longer distinguishable from seed noise
+    # paired() uses it when both cells have ≥ 2 seeds
+    t = {s: {f"c{i}": {"m": v} for i, v in enumerate(row)} for s, row in enumerate(base + gain + shift)}
+    c = {s: {f"c{i}": {"m": v} for i, v in enumerate(row)} for s, row in enumerate(base + shift[::-1])}
+    assert paired(t, c, "m", n_boot=20_000)["lo"] == pytest.approx(noisy[0], abs=0.004)  # cases in another order
 
 
 def test_forest_plot_writes_png(tmp_path):

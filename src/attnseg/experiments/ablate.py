@@ -348,10 +348,12 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
     lines.append(markdown_table(rows, ["backbone", "attention", *metrics, "params", "Δparams", "GFLOPs",
                                        "ΔGFLOPs", "s/it", "seeds"]))
     lines += ["", "## Paired comparisons with the same backbone without attention", "",
-              "Per held-out case: score(module) − score(none), each averaged over seeds; mean difference, 95 % "
-              "bootstrap CI over cases, two-sided Wilcoxon signed-rank p (scipy.stats.wilcoxon), Holm-adjusted p "
-              "over the comparisons of each metric. Verdict: better/worse when p_Holm < 0.05 and the CI excludes 0, "
-              "else no detectable difference. HD95: lower is better.", ""]
+              "Per held-out case: score(module) − score(none), each averaged over seeds; mean difference; 95 % "
+              "bootstrap CI (the seeds of each cell resampled, then the cases, so seed-to-seed variation widens "
+              "it); two-sided Wilcoxon signed-rank p over cases (scipy.stats.wilcoxon); Holm-adjusted p over the "
+              "comparisons of each metric; cases +/−: cases with a positive/negative difference. Verdict: "
+              "better/worse when p_Holm < 0.05 and the CI excludes 0, else no detectable difference. HD95: lower "
+              "is better.", ""]
     comp_rows, forest = [], []
     for m in ("dice_mean", "dice_ET", "dice_TC", "dice_WT", "hd95_mean"):
         comps = compare_to_none(cells, m, n_boot=n_boot, higher_is_better=not m.startswith("hd95"))
@@ -362,10 +364,10 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
             comp_rows.append({"metric": m, "backbone": c["backbone"], "attention": c["attention"],
                               "diff": f"{c['diff']:+.{dg}f}", "95 % CI": f"[{c['lo']:+.{dg}f}, {c['hi']:+.{dg}f}]",
                               "p": f"{c['p']:.3g}", "p_Holm": f"{c['p_holm']:.3g}",
-                              "wins/losses": f"{c['wins']}/{c['losses']}", "n": c["n"], "verdict": c["verdict"]})
+                              "cases +/−": f"{c['wins']}/{c['losses']}", "n": c["n"], "verdict": c["verdict"]})
     if comp_rows:
         lines.append(markdown_table(comp_rows, ["metric", "backbone", "attention", "diff", "95 % CI", "p", "p_Holm",
-                                                "wins/losses", "n", "verdict"]))
+                                                "cases +/−", "n", "verdict"]))
     if forest:
         forest_plot(forest, out / "forest.png", "Δ mean Dice (ET, TC, WT) vs no attention")
         lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)", "",

@@ -7,8 +7,10 @@ same held-out cases. For a metric (e.g. ``dice_mean``, ``dice_ET``, ``hd95_WT``)
   seeds -> a 95 % percentile-bootstrap CI of the mean over cases (cases resampled);
 * **paired comparison** of an attention module with the same backbone without attention: the
   per-case differences (each side averaged over seeds), their mean, a 95 % bootstrap CI
-  (cases resampled), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, two-sided)
-  and the Holm-adjusted p-value over all comparisons of that metric.
+  (seeds of each side resampled, then the cases: seed noise widens it; cases only with one
+  seed), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, two-sided) over cases and
+  the Holm-adjusted p-value over all comparisons of that metric. A module is called better or
+  worse only when the adjusted p < 0.05 *and* the CI excludes 0.
 
 The unit of resampling is the case because the cases are the sample the conclusion is about;
 the seeds are averaged per case first so that seed noise shrinks the differences' spread
@@ -100,13 +102,49 @@ def cell_stats(per_case: PerCase, metric: str, n_boot: int = 10000, seed: int = 
             "lo": lo, "hi": hi, "n_seeds": len(seed_means), "n_cases": len(cm)}
 
 
+def _seed_matrix(per_case: PerCase, metric: str, cases: Sequence[str]) -> np.ndarray | None:
+    """(seeds, cases) scores when every seed scored every case, else None."""
+    rows = []
+    for scores in per_case.values():
+        row = [scores.get(c, {}).get(metric) for c in cases]
+        if any(v is None or not math.isfinite(v) for v in row):
+            return None
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def hierarchical_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, alpha: float = 0.05,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap CI of mean(a) − mean(b) for paired cases with several seeds per side:
+    ``a`` ``(S_a, N)``, ``b`` ``(S_b, N)``. Each resample draws the seeds of each side with
+    replacement, averages them per case, then draws the cases (the same for both sides: paired),
+    so seed-to-seed variation widens the interval."""
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    sa = rng.integers(0, a.shape[0], (n_boot, a.shape[0]))
+    sb = rng.integers(0, b.shape[0], (n_boot, b.shape[0]))
+    d = a[sa].mean(axis=1) - b[sb].mean(axis=1)  # (n_boot, N)
+    idx = rng.integers(0, n, (n_boot, n))
+    means = np.take_along_axis(d, idx, axis=1).mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))
+
+
 def paired(treated: PerCase, control: PerCase, metric: str, n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
-    """Paired comparison on the cases both cells scored: ``{diff, lo, hi, p, n, wins, losses}``
-    (diff = treated − control, mean over cases of the seed-averaged per-case differences)."""
+    """Paired comparison on the cases both cells scored: ``{diff, lo, hi, p, n, wins, losses}``.
+
+    ``diff`` = treated − control, the mean over cases of the seed-averaged per-case differences;
+    ``lo, hi``: with ≥ 2 seeds on both sides the hierarchical bootstrap (:func:`hierarchical_ci`:
+    seeds, then cases), else the bootstrap over cases; ``p``: Wilcoxon signed-rank over cases of
+    the seed-averaged differences; ``wins``/``losses``: cases with a positive/negative difference."""
     a, b = case_means(treated, metric), case_means(control, metric)
     common = sorted(set(a) & set(b))
     d = [a[c] - b[c] for c in common]
-    lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
+    ma, mb = _seed_matrix(treated, metric, common), _seed_matrix(control, metric, common)
+    if common and ma is not None and mb is not None and min(len(ma), len(mb)) >= 2:
+        lo, hi = hierarchical_ci(ma, mb, n_boot=n_boot, seed=seed)
+    else:
+        lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     return {"diff": float(np.mean(d)) if d else math.nan, "lo": lo, "hi": hi, "p": wilcoxon_p(d),
             "n": len(d), "wins": int(sum(v > 0 for v in d)), "losses": int(sum(v < 0 for v in d))}
 
