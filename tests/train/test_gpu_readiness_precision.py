@@ -127,3 +127,18 @@ def test_stitching_stays_on_the_gpu_when_it_fits_and_falls_back_to_the_cpu(monke
     monkeypatch.setattr(sw, "stitch_device", lambda d, n: asked.append(n) or d)
     sw.SlidingWindowInferer(8, device="auto", **kw)(x, net)
     assert asked == [(1 * 3 + 1) * 20 * 18 * 16 * 4]
+
+
+def test_danet_keeps_its_pooling_matrices_on_the_input_device():
+    """The pooling/interpolation matrices are cached per (size, device, dtype): a GPU forward no
+    longer copies them from the CPU every time (``meta`` stands for the GPU)."""
+    from attnseg.attention import dual
+
+    m = DualAttention(8, 3, max_tokens=64).to("meta")
+    x = torch.empty(1, 8, 12, 12, 12, device="meta")
+    m.position.delta(x)  # the branch that pools and interpolates
+    before = dual._matrix_on.cache_info()
+    m.position.delta(x)
+    after = dual._matrix_on.cache_info()
+    assert after.misses == before.misses and after.hits > before.hits
+    assert dual._matrix_on("pool", 12, 2, torch.device("meta"), torch.float32).device.type == "meta"

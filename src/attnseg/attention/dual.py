@@ -79,6 +79,15 @@ def _separable(x: torch.Tensor, mats: list[torch.Tensor]) -> torch.Tensor:
     return y
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, None when autocast is off (or the device
+    type has no autocast, e.g. ``meta``)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:
+        return None
+
+
 class _Gram(torch.autograd.Function):
     """``F Fᵀ`` for ``F`` ``(B, C, N)`` with the symmetric backward ``(G + Gᵀ) F``: one
     full-size product instead of autograd's two (one per use of ``F``) plus their sum."""
@@ -168,7 +177,7 @@ class ChannelSelfAttention(nn.Module):
         of unit-scale features overflows from about 48³ voxels on, and the softmax of ``inf −
         inf`` is NaN. It is therefore computed in float32 whatever autocast asks for.
         """
-        if f.dtype != torch.float32 or torch.is_autocast_enabled(f.device.type):
+        if f.dtype != torch.float32 or _autocast_dtype(f.device.type) is not None:
             with torch.autocast(f.device.type, enabled=False):
                 f32 = f.float()
                 energy = _Gram.apply(f32) if use_fused(f32, ()) else f32 @ f32.transpose(1, 2)
@@ -179,8 +188,7 @@ class ChannelSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """``x + γ·A X`` (plus ``extra``, a tensor of ``x``'s shape, added in the same pass)."""
         f = x.flatten(2)  # (B, C, N)
-        a = (self.gamma * self.attention(f)).to(f.dtype if not torch.is_autocast_enabled(f.device.type) else
-                                               torch.get_autocast_dtype(f.device.type))
+        a = (self.gamma * self.attention(f)).to(_autocast_dtype(f.device.type) or f.dtype)
         if extra is None:
             # x + (γ·A) X in one pass over the full-size tensors (γ scales the C×C matrix)
             return torch.baddbmm(f, a, f).view(x.shape)
