@@ -23,6 +23,7 @@ are the products of the spatial sizes before/after it, so no copy is needed for 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,9 +91,11 @@ def same_precision(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool
 
 def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
     """The custom-backward path is used only when a gradient will be taken, we are not
-    being traced, exported or compiled (those see the plain, equivalent ops), and ``x`` and
-    ``params`` share one dtype outside autocast (:func:`same_precision`)."""
-    if not torch.is_grad_enabled() or not eager() or not same_precision(x, params):
+    being traced, exported or compiled (those see the plain, equivalent ops), ``x`` and
+    ``params`` share one dtype outside autocast (:func:`same_precision`), and
+    ``ATTNSEG_FUSED`` is not ``0`` (benchmarks/whole_step.py compares against plain autograd)."""
+    if not torch.is_grad_enabled() or not eager() or not same_precision(x, params) or \
+            os.environ.get("ATTNSEG_FUSED", "1") == "0":
         return False
     return x.requires_grad or any(p.requires_grad for p in params)
 
