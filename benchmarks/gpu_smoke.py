@@ -234,7 +234,7 @@ def _tiny_cfg(out: Path, name: str, device: torch.device, **train: object) -> di
             "task": {"kind": "brats-regions", "num_classes": 4, "in_channels": 2},
             "data": {"patch_size": [32 if gpu else 16] * 3, "batch_size": 2, "foreground_fraction": 0.5},
             "train": {"epochs": 4, "iterations_per_epoch": 3 if gpu else 1, "optimizer": {"name": "sgd", "lr": 0.01},
-                      "schedule": {"name": "constant"}, **train},
+                      "schedule": {"name": "constant"}, "compile": False, **train},
             # one window per validation case on the CPU (a smoke test, not a benchmark)
             "validation": {"interval": 2, "roi_size": [32 if gpu else 40] * 3},
             "log": {"tensorboard": False, "curves": False, "progress": "lines"}}
@@ -256,20 +256,21 @@ def _volumes(n: int, seed: int) -> list:
     return vols
 
 
-def trainer(device: torch.device, precision: str) -> str:
+def trainer(device: torch.device, precision: str, compile: bool = False) -> str:
     import logging
 
     from attnseg.train.trainer import run_training
 
     logging.getLogger("attnseg.train").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_training(_tiny_cfg(Path(tmp), "t", device, precision=precision),
+        res = run_training(_tiny_cfg(Path(tmp), "t", device, precision=precision, compile=compile),
                            volumes=(_volumes(4, 0), _volumes(2, 1)))
     last = res.history[-1]
     if not np.isfinite(last["train_loss"]) or "val_dice_mean" not in last:
         raise AssertionError(f"last row {last}")
     first = res.history[0]["train_loss"]
-    return f"{precision}: loss {first:.3f} -> {last['train_loss']:.3f}, val Dice {last['val_dice_mean']:.3f}"
+    mode = precision + (" compiled" if compile else "")
+    return f"{mode}: loss {first:.3f} -> {last['train_loss']:.3f}, val Dice {last['val_dice_mean']:.3f}"
 
 
 def resume(device: torch.device) -> str:
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     line("trainer + validation, precision auto", False, lambda: trainer(cpu, "auto"))
     line("trainer + validation, precision auto", True, lambda: trainer(_gpu(), "auto"))
     line("trainer + validation, fp16 + GradScaler", True, lambda: trainer(_gpu(), "fp16"))
+    line("trainer + validation, torch.compile", True, lambda: trainer(_gpu(), "auto", compile=True))
     line("resume (deterministic)", True, lambda: resume(_gpu()))
     line("sliding-window stitching GPU vs CPU", True, lambda: stitching(_gpu(), 128 if args.quick else 240))
     line("cuDNN benchmark vs deterministic", True, lambda: cudnn_modes(_gpu(), 64 if args.quick else 96))
