@@ -74,6 +74,39 @@ def _worker(mode: str, model_name: str, size: int, repeats: int, threads: int) -
     return {"mode": mode, "times": times, "native_bf16": fastpath.onednn_bf16_supported() if fast else None}
 
 
+def _check_emulated(mode: str, model_name: str, threads: int) -> dict:
+    """One step of ``mode`` (bf16) and of fp32 at 16³ from the same weights: the losses must agree
+    to bf16's precision (where bf16 is emulated the speed is not measured, the output still is)."""
+    import torch
+
+    from attnseg.infer import fastpath
+    from attnseg.models import create_model
+    from attnseg.train.data import region_target
+    from attnseg.train.losses import build_training_loss
+
+    torch.set_num_threads(threads)
+    losses = []
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = fastpath.prepare_model(create_model(model_name).train(), 3)
+        loss_fn = build_training_loss({"name": "dice_ce", "deep_supervision": {"enabled": True},
+                                       "prior": {"enabled": "auto"}}, "brats-regions")
+        torch.manual_seed(1)
+        x = fastpath.prepare_input(torch.randn(1, 4, 16, 16, 16))
+        lab = torch.randint(0, 4, (1, 16, 16, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss, _ = loss_fn(out, region_target(lab, 4), (lab > 0).float().unsqueeze(1))
+        loss.backward()
+        ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        losses.append((loss.item(), ok))
+    (l32, _), (l16, ok16) = losses
+    rel = abs(l16 - l32) / max(abs(l32), 1e-12)
+    verdict = "ok" if ok16 and rel < 1e-2 else "FAILED"
+    return {"mode": mode, "check": f"output check at 1x4x16^3: loss {l16:.4f} vs fp32 {l32:.4f} "
+                                   f"(rel. {rel:.1e}), finite gradients: {ok16} -> {verdict}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="panet-brats")
@@ -88,9 +121,12 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.size, args.repeats, args.threads)))
         return
-    from attnseg.infer.fastpath import drop_emulated_bf16
+    from attnseg.infer.fastpath import onednn_bf16_supported
 
-    args.modes = drop_emulated_bf16(list(args.modes), args.force_bf16, what="fast-bf16 steps")
+    emulated = [m for m in args.modes if m.endswith("bf16")] if not (args.force_bf16 or onednn_bf16_supported()) \
+        else []
+    args.modes = [m for m in args.modes if m not in emulated]
+    checks = [_check_emulated(m, args.model, args.threads) for m in emulated]
     times: dict[str, list[float]] = {m: [] for m in args.modes}
     native = None
     for _ in range(args.rounds):
@@ -112,6 +148,9 @@ def main() -> None:
                      "paired min/median/max": " / ".join(f"{r:.2f}" for r in
                                                           (min(ratios), statistics.median(ratios), max(ratios))),
                      "steps": len(t)})
+    for c in checks:  # a row never disappears: emulated bf16 is checked at a small size instead of timed
+        rows.append({"mode": c["mode"], "median s/step": "emulated, speed not measured", "min s": "",
+                     f"speed-up vs {args.modes[0]}": "", "paired min/median/max": c["check"], "steps": 1})
     from attnseg.report.table import print_table
 
     print_table(rows, ["mode", "median s/step", "min s", f"speed-up vs {args.modes[0]}", "paired min/median/max",
