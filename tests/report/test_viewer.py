@@ -368,3 +368,28 @@ def test_view_server_in_headless_chromium(browser, tiny):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_plain_labels_take_the_dataset_names_and_ct_keeps_negative_values(tmp_path):
+    from attnseg.data.readers import Case
+
+    ct = np.full(SHAPE, -1000.0, np.float32)  # air around a body of soft tissue
+    ct[3:18, 3:16, 2:10] = 40.0
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[5:10, 5:10, 3:7] = 1
+    ref[12:15, 8:12, 4:8] = 3
+    _save(ct, tmp_path / "ct.nii.gz")
+    _save(ref, tmp_path / "ref.nii.gz")
+    pred = np.roll(ref, 1, axis=2)
+    pred[13, 8:12, 5:8] = 1  # tumour called liver: wrong label
+    _save(pred, tmp_path / "pred.nii.gz")
+    case = Case("liver7", [tmp_path / "ct.nii.gz"], tmp_path / "ref.nii.gz", "nnunet", "plain",
+                {"channels": ["CT"], "label_names": {1: "liver", 2: "vessel", 3: "tumour"}})
+    cv = V.load_case_volumes(case, tmp_path / "pred.nii.gz")
+    assert cv.labels.values == [1, 2, 3] and cv.labels.names == ["liver", "vessel", "tumour"]
+    assert len(set(cv.labels.colours)) == 3 and cv.channels == ["CT"]
+    assert cv.images[0].shape == SHAPE  # air is not zero: nothing to crop
+    slope, inter = cv.scales[0]
+    assert inter == pytest.approx(-1000.0) and cv.images[0].min() == 0  # -1000 HU -> 0, read back as -1000
+    assert (cv.images[0].max() * slope + inter) == pytest.approx(40.0, abs=slope)
+    assert np.array_equal(cv.reference, ref) and sorted(np.unique(cv.errors).tolist()) == [0, 1, 2, 3]

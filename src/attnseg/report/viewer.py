@@ -193,6 +193,21 @@ class CaseVolumes:
         masks = [a > 0 for a in (self.reference, self.prediction) if a is not None]
         return [int(v) for v in lesion_centre(masks, self.images[0].shape)]
 
+    def strided(self, stride: int) -> CaseVolumes:
+        """Every ``stride``-th voxel along each axis (nearest-neighbour downsampling, labels stay
+        labels); ``stride`` counts from this grid, which must itself be full resolution."""
+        if stride == 1:
+            return self
+        if self.stride != 1:
+            raise ValueError("strided() works from the full-resolution grid")
+        sel = (slice(None, None, stride),) * 3
+        a = self.affine.copy()
+        a[:3, :3] *= stride
+        return CaseVolumes(self.case_id, self.channels, [im[sel] for im in self.images], self.scales,
+                           None if self.reference is None else self.reference[sel],
+                           None if self.prediction is None else self.prediction[sel],
+                           a, self.labels, stride, self.full_shape, list(self.notes))
+
     @property
     def errors(self) -> np.ndarray | None:
         if self.reference is None or self.prediction is None:
@@ -221,28 +236,23 @@ def load_case_volumes(case: Any, pred_path: Path | None, *, quantised: bool = Tr
     from attnseg.data.io import load_image
 
     images: list[np.ndarray] = []
-    names: list[str] = []
     affine = None
-    for k, path in enumerate(case.image_paths):
+    for path in case.image_paths:
         img, aff, _ = load_image(path, np.float32)
-        if img.ndim == 4:  # one 4-D file with every channel (MSD style)
-            for c in range(img.shape[3]):
-                images.append(np.asarray(img[..., c]))
-                names.append(f"{case.channels[k] if k < len(case.channels) else 'ch'}{c}"
-                             if len(case.image_paths) > 1 else (case.channels[c] if c < len(case.channels)
-                                                                else f"ch{c}"))
-        else:
-            images.append(np.asarray(img))
-            names.append(case.channels[k] if k < len(case.channels) else f"ch{k}")
+        # a 4-D file holds several channels (MSD style)
+        images += [np.asarray(img[..., c]) for c in range(img.shape[3])] if img.ndim == 4 else [np.asarray(img)]
         if affine is None:
             affine = aff
+    images = [im[..., None] if im.ndim == 2 else im for im in images]  # 2-D images: one slice
+    given = list(case.channels)
+    names = given if len(given) == len(images) else [f"ch{i}" for i in range(len(images))]
     shape = images[0].shape
 
     def label_of(path: Path | None, what: str) -> np.ndarray | None:
         if path is None:
             return None
         arr, _, _ = load_image(path)
-        arr = np.squeeze(np.asarray(arr))
+        arr = np.asarray(arr).reshape(shape) if np.asarray(arr).size == int(np.prod(shape)) else np.asarray(arr)
         if arr.shape != shape:
             raise ValueError(f"{path}: {what} shape {arr.shape} differs from the image's {shape} "
                              f"({case.image_paths[0]})")
@@ -309,9 +319,14 @@ def embedded_payload(case: Any, pred_path: Path | None, budget: int = CASE_BUDGE
                      label_names: dict[int, str] | None = None) -> dict[str, Any]:
     """Payload of a case within ``budget`` bytes of base64: quantised, cropped, and downsampled
     by the smallest integer stride (1, 2, 3, ...) that fits (``stride`` says which was used)."""
-    stride = 1
+    full = load_case_volumes(case, pred_path, quantised=True, label_names=label_names)
+    # first guess from one channel (the label maps compress far better than the images): a case
+    # clearly over budget skips the full-resolution encoding
+    one = len(gzip.compress(nifti_bytes(full.images[0], full.affine), 6, mtime=0)) * 4 / 3
+    estimate = one * (len(full.images) + 0.5)
+    stride = int(math.ceil((estimate / budget) ** (1 / 3))) if estimate > 1.25 * budget else 1
     while True:
-        cv = load_case_volumes(case, pred_path, quantised=True, stride=stride, label_names=label_names)
+        cv = full.strided(stride)
         payload = encode_payload(cv)
         size = payload_size(payload)
         if size <= budget or min(cv.images[0].shape) <= 8:

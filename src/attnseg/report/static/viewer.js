@@ -154,7 +154,7 @@
   function show(n, channel) {
     var c = cfg.cases[n];
     if (!nv || !c || !c.available) return Promise.resolve(false);
-    var my = ++token;
+    var my = ++token, t0 = performance.now();
     state.loading = true; state.ready = false;
     $("v-info").textContent = "loading " + c.id + " …";
     var keep = n === state.n && nv.scene ? Array.prototype.slice.call(nv.scene.crosshairPos) : null;
@@ -181,15 +181,15 @@
           });
           // swap all volumes at once: addVolume/removeVolume each re-upload every layer
           nv.volumes = imgs; nv.back = imgs[0]; nv.overlays = imgs.slice(1);
-          nv.updateGLVolume();
+          if (keep) nv.scene.crosshairPos = keep; // same case, other channel: stay where we were
+          else if (d.centre_mm) nv.scene.crosshairPos = nv.mm2frac(d.centre_mm, 0); // inside the lesion
+          nv.updateGLVolume(); // one upload and one draw (drawing is slow with software WebGL)
           layers.forEach(function (key, i) { state.labelValues[key] = distinctNonZero(nv.volumes[i + 1].img); });
           data = d;
           var vol0 = nv.volumes[0];
           state.n = n; state.caseId = d.id; state.channel = ch; state.channelName = d.channels[ch];
-          if (keep) nv.scene.crosshairPos = keep;
-          else if (d.centre_mm) nv.scene.crosshairPos = nv.mm2frac(d.centre_mm, 0);
-          nv.drawScene();
           nv.createOnLocationChange(); // read-out of the crosshair's voxel
+          if (nv.gl) nv.gl.finish(); // ready = drawn (software WebGL draws long after the call)
           state.dims = Array.prototype.slice.call(vol0.hdr.dims, 1, 4);
           state.volumes = nv.volumes.map(function (v) { return v.name; });
           state.labelNames = nv.volumes.length > 1 && nv.volumes[1].colormapLabel
@@ -198,6 +198,7 @@
           render(d, c);
           state.loading = false; state.ready = true;
           if (!state.readyMs) state.readyMs = Math.round(performance.now()); // time to open the page
+          state.showMs = Math.round(performance.now() - t0); // time to load and draw this case
           return true;
         });
     }).catch(function (e) { if (my === token) fail(String(e && e.message || e)); return false; });
@@ -313,6 +314,7 @@
       else if (e.key === "e") toggle("err");
     });
     var first = fromHash();
+    if (first !== null) box.scrollIntoView(); // opened from a link to a case
     var o = order();
     if (first === null) first = o.length ? o[0] : null;
     if (first === null) { $("v-info").textContent = "no case to show"; state.error = "no case"; return; }
