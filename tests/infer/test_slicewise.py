@@ -105,6 +105,8 @@ def test_roi_and_axis_arguments():
         parse_slice_axis("transverse")
     assert slice_inferer([16, 16, 1], "axial").roi_size == [16, 16]  # `attnseg predict --roi 16 16 1`
     assert slice_inferer([16, 1, 12], "coronal").roi_size == [16, 12]
+    inf = slice_inferer(16, "axial", slice_batch=8, mirror_axes=(0, 1))
+    assert (inf.roi_size, inf.sw_batch_size, inf.mirror_axes) == (16, 8, (0, 1))  # read by predict's messages
     with pytest.raises(ValueError, match="in-plane values"):
         slice_inferer([16, 16, 8], "axial")
     with pytest.raises(ValueError, match="needs 3-D volumes"):

@@ -53,9 +53,18 @@ class SliceInferer:
         self.slice_batch = int(slice_batch)
         self.activation = activation
 
+    # the in-plane window's settings (messages such as the out-of-memory advice of predict read them)
     @property
     def roi_size(self) -> Any:
         return self.inferer.roi_size
+
+    @property
+    def sw_batch_size(self) -> int:
+        return self.inferer.sw_batch_size
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        return self.inferer.mirror_axes
 
     def _one_axis(self, vol: torch.Tensor, axis: int, predictor: Predictor) -> torch.Tensor:
         """(C, X, Y, Z) → (K, X, Y, Z) logits from the slices along ``axis``."""
