@@ -32,6 +32,9 @@ def test_demo_miniature_writes_every_artefact(tmp_path, capsys):
         "BraTS20_Synth_001", "BraTS20_Synth_002", "BraTS20_Synth_003"]
     test_ids = sorted(p.name for p in (out / "data" / "test").iterdir() if p.is_dir())
     assert test_ids == ["BraTS20_Synth_004", "BraTS20_Synth_005"]
+    # the demo's data are the realistic phantom (docs/data.md)
+    for part in ("train", "test"):
+        assert json.loads((out / "data" / part / "synth_info.json").read_text())["difficulty"] == "realistic"
     # training artefacts
     for rel in ("config.yaml", "env.json", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / rel).is_file(), rel
