@@ -326,9 +326,10 @@ def _predict_locked(predictor: Predictor, cases: Sequence[Any], out_dir: Path, *
             msg = str(exc)
             if is_out_of_memory(exc):
                 del exc  # its traceback holds the failed case's tensors
+                inf = predictor.inferer
                 msg = out_of_memory_message(
                     RuntimeError(msg), "sliding-window inference", roi=_roi(predictor),
-                    sw_batch=predictor.inferer.sw_batch_size, tta=bool(predictor.inferer.mirror_axes),
+                    sw_batch=int(getattr(inf, "sw_batch_size", 1)), tta=bool(getattr(inf, "mirror_axes", ())),
                     device=predictor.device)
                 _release_memory(predictor.device)
             log(f"{tag}: FAILED: {msg}")
@@ -336,8 +337,11 @@ def _predict_locked(predictor: Predictor, cases: Sequence[Any], out_dir: Path, *
     return results
 
 
-def _roi(predictor: Predictor) -> list[int]:
-    roi = predictor.inferer.roi_size
+def _roi(predictor: Predictor) -> list[int] | None:
+    """The window size of the predictor's inferer (None when it has none, e.g. whole slices)."""
+    roi = getattr(predictor.inferer, "roi_size", None)
+    if roi is None:
+        return None
     return [int(roi)] * predictor.spatial_dims if isinstance(roi, int) else [int(r) for r in roi]
 
 
