@@ -383,3 +383,39 @@ def test_training_with_patch_validation_writes_the_scores(tmp_path):
     row = res.history[-1]
     assert {"val_dice_ET", "val_dice_TC", "val_dice_WT", "val_dice_mean"} <= set(row)
     assert 0.0 <= row["val_dice_mean"] <= 1.0 and res.best_epoch == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# deep supervision at the heads' own resolution
+
+
+@pytest.mark.parametrize("name,kw", [("unet", {"spatial_dims": 3, "in_channels": 2, "out_channels": 4,
+                                               "features": [4, 8, 8, 8], "deep_supervision": True}),
+                                     ("panet", {"in_channels": 2, "num_classes": 4, "channels": [4, 4, 8, 8, 8],
+                                                "deep_supervision": True})])
+def test_heads_keep_their_grid_when_the_target_is_downsampled(name, kw):
+    from attnseg.models import create_model
+
+    m = create_model(name, **kw).train()
+    x = torch.randn(1, 2, 32, 32, 32)
+    full = m(x)
+    m.ds_native_size = True
+    native = m(x)
+    levels = sorted(k for k in full if k.startswith("level"))
+    assert levels and all(full[k].shape[2:] == x.shape[2:] for k in levels)
+    assert all(native[k].shape[2:] < x.shape[2:] for k in levels)  # coarser grids, no upsampling
+    assert native["out"].shape == full["out"].shape
+
+
+def test_training_with_downsampled_targets(tmp_path):
+    from attnseg.train.trainer import run_training
+
+    ds = {"enabled": True, "weights": {"out": 1.0, "level2": 1.0, "level1": 1.0}}
+    model = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 2, "out_channels": 4,
+                                        "features": [4, 8, 8, 8], "deep_supervision": True}}
+    vols = (tiny_volumes(2, 0), tiny_volumes(1, 1))
+    runs = {mode: run_training(tiny_config(tmp_path, mode, train__epochs=2, validation__interval=2, model=model,
+                                           loss__deep_supervision={**ds, "mode": mode}), volumes=vols)
+            for mode in ("upsample_logits", "downsample_target")}
+    a, b = (runs[m].history[0]["train_loss"] for m in ("upsample_logits", "downsample_target"))
+    assert np.isfinite(b) and a != b  # the same first batch, scored against the coarse targets

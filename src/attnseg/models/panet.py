@@ -427,7 +427,8 @@ class PANetUNet(_PANetBase):
 
         if full and self.deep_supervision:
             for i in (3, 2, 1):
-                outs[f"level{i}"] = resize(self.ds[f"level{i}"](ys[i]), size)
+                head = self.ds[f"level{i}"](ys[i])  # at its own grid with ds_native_size (see unet.py)
+                outs[f"level{i}"] = head if getattr(self, "ds_native_size", False) else resize(head, size)
         outs["out"] = resize(self.head_out(y), size)
         if crop is not None:
             outs = {k: v[crop] for k, v in outs.items()}

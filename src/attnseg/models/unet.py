@@ -156,7 +156,10 @@ class UNet(SegmentationNet):
             x = dattn(dec(torch.cat([sattn(skip, g), y], dim=1)))
             if aux and self.deep_supervision and i < n - 1:
                 level = n - 1 - i
-                outs[f"level{level}"] = full_res(self.ds_heads[i](x), size)
+                head = self.ds_heads[i](x)
+                # ds_native_size (set by the trainer for loss.deep_supervision.mode downsample_target):
+                # the head at its own grid, the loss resizes the target instead
+                outs[f"level{level}"] = head if getattr(self, "ds_native_size", False) else full_res(head, size)
         outs["out"] = self.head(x)
         return outs
 

@@ -402,7 +402,8 @@ def _run_locked(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: st
         if dd.main:
             if isinstance(exc, KeyboardInterrupt):
                 LOG.info("interrupted by the user (Ctrl-C)")
-            else:
+            else:  # into log.txt; the command line prints the error itself
+                LOG.removeHandler(getattr(folder, "_stream", None))
                 LOG.error("training failed: %s: %s", type(exc).__name__, exc)
         folder.close()
         # a run that failed before its first checkpoint leaves nothing behind (no empty run folder)
@@ -459,6 +460,11 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     if fast and not compiled:  # torch.compile picks its own kernels from the plain modules
         model = _fastpath().prepare_model(model, _spatial_dims(model))
     raw = model
+    ds = cfg["loss"]["deep_supervision"]
+    if ds["enabled"] and ds.get("mode") == "downsample_target":
+        # heads stay at their own grid and the loss resizes the target to them (nnU-Net), instead
+        # of upsampling every head to the patch size (models without the switch ignore it)
+        raw.ds_native_size = True
     criterion = build_training_loss(cfg["loss"], kind).to(device)
     amp_dtype, use_scaler = resolve_precision(tr["precision"], device)
     if dd.world > 1:
