@@ -82,7 +82,21 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
             for region, v in zip(("WT", "TC", "ET"), d):
                 w.writerow([cid, region, v, round(10 * (1 - v), 3)])
     (ev / "summary.json").write_text(json.dumps({"pred": str(pred), "ref": str(data)}))
-    return {"root": root, "data": data, "run": run, "pred": pred, "eval": ev}
+    # a tiny U-Net with PAM: the viewer shows each case's slice-weight profile
+    import torch
+
+    from attnseg.models import create_model
+    from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    kw = {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "features": (4, 8, 8), "attention": "pam-adaptive",
+          "attention_at": ("encoder",)}
+    task = {"kind": "brats-regions", "num_classes": 4, "in_channels": 4, "channel_names": list(CHANNELS),
+            "patch_size": [16, 16, 16], "preprocess": {"crop_nonzero": True, "normalize": "zscore"}}
+    (run / "checkpoints").mkdir()
+    save_checkpoint(model_checkpoint("unet", kw, create_model("unet", **kw).state_dict(), task=task),
+                    run / "checkpoints" / "best.pt")
+    return {"root": root, "data": data, "run": run, "pred": pred, "eval": ev, "ckpt": run / "checkpoints" / "best.pt"}
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +230,14 @@ def test_report_cases_section_table_files_and_no_network(report, tiny):
         assert (err == 1).sum() == ((pred > 0) & (lab == 0)).sum() > 0
         assert (err == 2).sum() == ((lab > 0) & (pred == 0)).sum() > 0
         assert (err == 3).sum() == ((lab > 0) & (pred > 0) & (lab != pred)).sum() > 0
+        # the model has slice attention: the profile of its finest level, in the case's slice numbers
+        from attnseg.report.slice_weights import case_slice_weights
+
+        prof = payload["slice_profile"]
+        res = case_slice_weights(tiny["ckpt"], tiny["data"] / cid)
+        finest = max(res.profiles, key=lambda q: len(q.weights))
+        assert prof["axis"] == res.slice_axis and np.allclose(prof["weights"], finest.weights)
+        assert 0 <= min(prof["slices"]) and max(prof["slices"]) < SHAPE[prof["axis"]]
     # the standalone page carries NiiVue and every case inline
     sa = report.standalone.read_text()
     assert V.niivue_js()[:2000] in sa and sa.count('<script type="application/json" id="attnseg-case-') == 3
@@ -330,6 +352,12 @@ def test_report_viewer_in_headless_chromium(browser, report, tiny):
     # the crosshair opens inside the lesion (placed in world coordinates on this oblique, flipped grid)
     assert "flair " in state["readout"] and "ground truth: " in state["readout"]
     assert "ground truth: –" not in state["readout"], state["readout"]
+    # slice-weight profile drawn next to the planes, with the crosshair's slice marked
+    axis = first["slice_profile"]["axis"]
+    assert state["profile"] and 0 <= state["profileSlice"] < SHAPE[axis]
+    file_voxel = [o + c * first["stride"] for o, c in zip(first["origin"], first["centre"])]
+    assert state["profileSlice"] == file_voxel[axis]
+    assert state["readout"].startswith(f"voxel ({file_voxel[0]}, {file_voxel[1]}, {file_voxel[2]})")
     px = _canvas_pixels(browser)
     assert px.shape[0] > 300 and px.shape[1] > 300
     lit = px.max(axis=2) > 0.1

@@ -482,7 +482,7 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
         page.add("overlays", "Best, median and worst cases", *ov_blocks)
         from attnseg.report.viewer import viewer_cases_section
 
-        cases = viewer_cases_section(ev, picks, pdir, ddir)
+        cases = viewer_cases_section(ev, picks, pdir, ddir, checkpoint=run.checkpoint)
         cases.write_files(out / "viewer")
         page.add("cases", "Cases", ("help", f"All {len(ev.case_ids)} cases, best first."), ("viewer", cases))
         from attnseg.report.slice_weights import report_slice_weights

@@ -183,6 +183,7 @@ class CaseVolumes:
     labels: LabelTable
     stride: int = 1
     full_shape: tuple[int, ...] = ()
+    origin: tuple[int, ...] = (0, 0, 0)  # full-resolution voxel of this grid's voxel (0, 0, 0)
     notes: list[str] = field(default_factory=list)
 
     def centre(self) -> list[int]:
@@ -206,7 +207,7 @@ class CaseVolumes:
         return CaseVolumes(self.case_id, self.channels, [im[sel] for im in self.images], self.scales,
                            None if self.reference is None else self.reference[sel],
                            None if self.prediction is None else self.prediction[sel],
-                           a, self.labels, stride, self.full_shape, list(self.notes))
+                           a, self.labels, stride, self.full_shape, self.origin, list(self.notes))
 
     @property
     def errors(self) -> np.ndarray | None:
@@ -290,7 +291,8 @@ def load_case_volumes(case: Any, pred_path: Path | None, *, quantised: bool = Tr
         case_id=case.case_id, channels=names, images=cropped, scales=scales,
         reference=ref[sel].astype(np.uint8) if ref is not None else None,
         prediction=pred[sel].astype(np.uint8) if pred is not None else None,
-        affine=crop_affine(affine, box, stride), labels=table, stride=stride, full_shape=tuple(shape))
+        affine=crop_affine(affine, box, stride), labels=table, stride=stride, full_shape=tuple(shape),
+        origin=tuple(int(b.start) for b in box))
 
 
 def encode_payload(cv: CaseVolumes, level: int = 6) -> dict[str, Any]:
@@ -306,8 +308,11 @@ def _payload(cv: CaseVolumes, vols: list[dict[str, Any]]) -> dict[str, Any]:
             "dims": [int(s) for s in cv.images[0].shape], "full_dims": [int(s) for s in cv.full_shape],
             "stride": cv.stride, "quantised": bool(cv.images[0].dtype == np.uint8), "centre": cv.centre(),
             "centre_mm": [float(v) for v in (cv.affine @ [*cv.centre(), 1.0])[:3]],
-            # hook for the slice-weight profile of models with slice attention (issue #13):
-            # {"axis": int, "weights": [float, ...], "label": str}; drawn next to the viewer when present
+            "origin": [int(v) for v in cv.origin],
+            # world (mm) -> voxel of this grid: the read-out names voxels of the case's own files
+            "world_to_voxel": np.linalg.inv(cv.affine).round(9).tolist(),
+            # slice-weight profile of models with slice attention (see slice_profile()), drawn next to
+            # the planes: {"axis": int, "weights": [float], "slices": [case slice numbers], "label": str}
             "slice_profile": None}
 
 
@@ -333,6 +338,33 @@ def embedded_payload(case: Any, pred_path: Path | None, budget: int = CASE_BUDGE
             return payload
         # bytes scale ~ with the voxel count: jump straight to a stride that should fit
         stride = max(stride + 1, int(math.ceil(stride * (size / budget) ** (1 / 3))))
+
+
+def has_slice_attention(checkpoint: Path | None) -> bool:
+    """Whether the checkpoint's model has slice attention (PAM, slice): its profile goes next to the viewer."""
+    if checkpoint is None:
+        return False
+    from attnseg.report.slice_weights import slice_attention_sites
+    from attnseg.train.checkpoint import build_model_from_checkpoint
+
+    model, _ = build_model_from_checkpoint(checkpoint)
+    return bool(slice_attention_sites(model))
+
+
+def slice_profile(checkpoint: Path, case: Any) -> dict[str, Any]:
+    """The slice-weight profile of the model's finest slice-attention level on ``case`` (see
+    :mod:`attnseg.report.slice_weights`), with slice positions as the case's own slice numbers."""
+    from attnseg.report.slice_weights import case_slice_weights
+
+    folder = Path(case.image_paths[0]).parent
+    res = case_slice_weights(checkpoint, folder if folder.name == case.case_id else case.image_paths[0])
+    if not res.profiles:
+        raise ValueError(f"{checkpoint}: no slice-attention profile on {case.case_id}")
+    p = max(res.profiles, key=lambda q: len(q.weights))
+    return {"axis": int(res.slice_axis), "weights": [float(v) for v in p.weights],
+            "slices": [float(res.offset + v) for v in p.positions],
+            "label": f"slice weights along axis {res.slice_axis} ({p.name}, {len(p.weights)} slices)",
+            "notes": list(res.notes)}
 
 
 # ------------------------------------------------------------------------------- page
@@ -549,9 +581,10 @@ def match_cases(data_dir: Path | None, pred_dir: Path | None, case_ids: Sequence
 
 def viewer_cases_section(ev: Any, picks: dict[str, tuple[str, float]], pred_dir: Path | None,
                          data_dir: Path | None, *, embed_budget: int = CASE_BUDGET_BYTES,
-                         max_cases: int = MAX_EMBEDDED_CASES) -> CasesSection:
+                         max_cases: int = MAX_EMBEDDED_CASES, checkpoint: Path | None = None) -> CasesSection:
     """Cases section of the report: the per-case table (best first) and embedded payloads for
-    up to ``max_cases`` cases; what cannot be shown is listed in ``notes``."""
+    up to ``max_cases`` cases; what cannot be shown is listed in ``notes``. With the run's
+    ``checkpoint`` of a model with slice attention, each case also gets its slice-weight profile."""
     header, rows = case_table(ev, picks=picks)
     sec = CasesSection(header, rows)
     ids = [r.case_id for r in rows[:max_cases]]
@@ -567,6 +600,16 @@ def viewer_cases_section(ev: Any, picks: dict[str, tuple[str, float]], pred_dir:
             sec.payloads[i] = embedded_payload(*found[r.case_id], budget=embed_budget)
         except ValueError as exc:
             skipped.append(f"{r.case_id} ({exc})")
+    try:
+        with_profiles = bool(sec.payloads) and has_slice_attention(checkpoint)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # the profile is optional
+        with_profiles = False
+        sec.notes.append(f"no slice-weight profiles: {checkpoint}: {exc}")
+    for i, payload in sec.payloads.items() if with_profiles else ():
+        try:
+            payload["slice_profile"] = slice_profile(checkpoint, found[rows[i].case_id][0])
+        except (OSError, ValueError, RuntimeError) as exc:
+            sec.notes.append(f"no slice-weight profile for {rows[i].case_id}: {exc}")
     if skipped:
         sec.notes.append("not in the viewer: " + "; ".join(skipped))
     return sec

@@ -186,6 +186,7 @@
           nv.updateGLVolume(); // one upload and one draw (drawing is slow with software WebGL)
           layers.forEach(function (key, i) { state.labelValues[key] = distinctNonZero(nv.volumes[i + 1].img); });
           data = d;
+          drawProfile(d.slice_profile);
           var vol0 = nv.volumes[0];
           state.n = n; state.caseId = d.id; state.channel = ch; state.channelName = d.channels[ch];
           nv.createOnLocationChange(); // read-out of the crosshair's voxel
@@ -238,23 +239,43 @@
       d.full_dims.join("×") + ")" : " (cropped from " + d.full_dims.join("×") + ")") +
       (d.quantised ? "; intensities quantised to 8 bits" : "");
     $("v-info").textContent = info;
-    drawProfile(d.slice_profile);
     Array.prototype.forEach.call(tbody ? tbody.rows : [], function (r) {
       r.classList.toggle("current", Number(r.getAttribute("data-n")) === c.n);
     });
   }
-  function drawProfile(p) { // slice-weight profile hook (models with slice attention)
+  var profile = null;
+  function drawProfile(p) { // slice-weight profile (models with slice attention), next to the planes
     var el = $("v-profile");
-    state.profile = !!(p && p.weights && p.weights.length);
-    el.hidden = !state.profile;
-    if (!state.profile) return;
-    var cv = el.querySelector("canvas"), g = cv.getContext("2d"), w = p.weights;
-    var mx = Math.max.apply(null, w) || 1;
-    g.clearRect(0, 0, cv.width, cv.height);
+    profile = p && p.weights && p.weights.length ? p : null;
+    state.profile = !!profile;
+    el.hidden = !profile;
+    if (profile) { el.firstElementChild.textContent = p.label || "slice weights"; paintProfile(null); }
+  }
+  function paintProfile(caseSlice) { // bars at the case's slice numbers; red line = the crosshair's slice
+    var p = profile, cv = $("v-profile").querySelector("canvas"), g = cv.getContext("2d");
+    var n = data.full_dims[p.axis] || 1, w = cv.width, h = cv.height;
+    var mx = Math.max.apply(null, p.weights) || 1;
+    var step = p.slices.length > 1 ? p.slices[1] - p.slices[0] : n;
+    g.clearRect(0, 0, w, h);
     g.fillStyle = "#0b5cad";
-    var bw = cv.width / w.length;
-    w.forEach(function (v, i) { var h = (v / mx) * (cv.height - 4); g.fillRect(i * bw, cv.height - h, Math.max(bw - 1, 1), h); });
-    if (p.label) el.firstElementChild.textContent = p.label;
+    p.weights.forEach(function (v, i) {
+      var bh = Math.max(v / mx, 0) * (h - 4), x0 = (p.slices[i] - step / 2 + 0.5) / n * w;
+      g.fillRect(x0, h - bh, Math.max(step / n * w - 1, 1), bh);
+    });
+    if (caseSlice !== null) {
+      g.strokeStyle = "#e02020"; g.lineWidth = 2;
+      var x = (caseSlice + 0.5) / n * w;
+      g.beginPath(); g.moveTo(x, 0); g.lineTo(x, h); g.stroke();
+    }
+    state.profileSlice = caseSlice;
+  }
+  function fileVoxel(mm) { // voxel index in the case's own files (NiiVue's loc.vox is in RAS order)
+    var m = data && data.world_to_voxel;
+    if (!m || !mm) return null;
+    return [0, 1, 2].map(function (k) {
+      var v = m[k][0] * mm[0] + m[k][1] * mm[1] + m[k][2] * mm[2] + m[k][3];
+      return data.origin[k] + Math.round(v) * data.stride;
+    });
   }
   function readout(loc) {
     if (!data || !loc || !loc.values) return;
@@ -267,8 +288,9 @@
         parts.push({ gt: "ground truth", pred: "prediction", err: "error" }[key] + ": " + labelName(t, v.value));
       }
     });
-    var vox = loc.vox ? Array.prototype.slice.call(loc.vox).join(", ") : "";
-    $("v-readout").textContent = "voxel (" + vox + ")  " + parts.join(" · ");
+    var vox = fileVoxel(loc.mm);
+    $("v-readout").textContent = (vox ? "voxel (" + vox.join(", ") + ")  " : "") + parts.join(" · ");
+    if (profile && vox) paintProfile(vox[profile.axis]);
     state.readout = $("v-readout").textContent;
   }
   function step(delta) {
