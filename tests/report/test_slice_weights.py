@@ -101,3 +101,14 @@ def test_report_has_the_slice_attention_section(setup, tmp_path):
     got = report_slice_weights(setup["ck"], setup["case"].parent, ["missing", "BraTS20_X_001"], tmp_path)
     assert got is not None and got[0].name == "slice_weights.png" and "BraTS20_X_001" in got[1]
     assert report_slice_weights(setup["plain"], setup["case"].parent, ["BraTS20_X_001"], tmp_path) is None
+
+
+def test_fixed_form_falls_back_to_the_training_patch(setup, tmp_path):
+    kw = {**KW, "attention": "pam", "input_size": (16, 16, 16)}  # slice FC bound to 16/8/4 slices per level
+    torch.manual_seed(0)
+    ck = save_checkpoint(model_checkpoint("unet", kw, create_model("unet", **kw).state_dict(), task=TASK),
+                         tmp_path / "fixed.pt")
+    res = case_slice_weights(ck, setup["case"])
+    assert [len(p.weights) for p in res.profiles][:2] == [16, 8]
+    adaptive = case_slice_weights(setup["ck"], setup["case"], roi_size=[16, 16, 16])
+    assert res.offset == adaptive.offset  # the same tumour-centred 16-slice region

@@ -117,9 +117,12 @@ def _tumour_extent(label: np.ndarray | None, axis: int) -> dict[str, np.ndarray]
 
 def case_slice_weights(checkpoint: str | os.PathLike, case: str | os.PathLike,
                        roi_size: Sequence[int] | None = None) -> CaseSliceWeights:
-    """Slice-weight profiles of ``checkpoint`` on one case folder (or image file), over a region of
-    the training patch size (default) centred on the foreground; raises ``ValueError`` when the model
-    has no slice attention."""
+    """Slice-weight profiles of ``checkpoint`` on one case folder (or image file).
+
+    The region is centred on the tumour (the ground truth when the case has one, else the
+    foreground): by default the whole slice axis with the training patch size in-plane, falling
+    back to the training patch (a fixed-form slice attention is bound to its slice count);
+    ``roi_size`` sets it. Raises ``ValueError`` when the model has no slice attention."""
     from attnseg.data.preprocess import preprocess_case
     from attnseg.report.cam import _read_case, _roi
     from attnseg.train.checkpoint import build_model_from_checkpoint
@@ -143,11 +146,32 @@ def case_slice_weights(checkpoint: str | os.PathLike, case: str | os.PathLike,
     image = prep["image"]
     if prep.get("label") is not None:
         label = np.asarray(prep["label"])
-    size = list(roi_size or task.get("patch_size") or image.shape[1:])
-    multiple = int(getattr(model, "size_multiple", 1) or 1)
-    patch, lo = _roi(image, size, max(multiple, 16))
-    x = torch.from_numpy(np.ascontiguousarray(patch))[None]
-    profiles = slice_weight_profiles(model, x)
+    multiple = max(int(getattr(model, "size_multiple", 1) or 1), 16)
+    axis0 = int(slice_attention_sites(model)[0][1].slice_axis)
+    if label is not None and (label > 0).any():  # centre the region on the tumour, not the brain
+        centred = np.where(label[None] > 0, image, 0)
+    else:
+        centred = image
+    profiles, patch, lo = [], image, (0,) * (image.ndim - 1)
+    tries = []
+    if roi_size is None:  # the whole slice axis (adaptive slice attention takes any depth) ...
+        full = list(task.get("patch_size") or image.shape[1:])
+        full[axis0] = image.shape[1 + axis0] - image.shape[1 + axis0] % multiple or image.shape[1 + axis0]
+        tries.append(full)
+    tries.append(list(roi_size or task.get("patch_size") or image.shape[1:]))  # ... else the training patch
+    for size in tries:
+        _, lo = _roi(centred, size, multiple)
+        sl = tuple(slice(a, a + min(int(n), m)) for a, n, m in zip(lo, size, image.shape[1:]))
+        patch = image[(slice(None), *sl)]
+        patch = np.pad(patch, [(0, 0)] + [(0, (-n) % multiple) for n in patch.shape[1:]])
+        x = torch.from_numpy(np.ascontiguousarray(patch))[None]
+        try:
+            profiles = slice_weight_profiles(model, x)
+            break
+        except (RuntimeError, ValueError) as exc:  # e.g. a fixed-form slice attention bound to its depth
+            err = exc
+    else:
+        raise ValueError(f"{checkpoint}: the model did not run on a region of {tries[-1]} voxels: {err}")
     axis = profiles[0].slice_axis if profiles else 0
     notes = []
     if label is not None:
@@ -182,7 +206,8 @@ def plot_slice_weights(res: CaseSliceWeights, path: str | os.PathLike, title: st
 
     n = len(res.profiles)
     fig = plt.figure(figsize=(7.5, 2.2 * n + 0.8))
-    grid = fig.add_gridspec(3 * n, 1, height_ratios=[5, 1, 1.3] * n, hspace=0.08)  # third row: a gap
+    grid = fig.add_gridspec(3 * n, 1, height_ratios=[5, 1, 1.3] * n, hspace=0.08,  # third row: a gap
+                            top=1 - 0.45 / (2.2 * n + 0.8))
     x_max = max((p.positions[-1] + (p.positions[1] - p.positions[0]) / 2 if len(p.positions) > 1 else 1)
                 for p in res.profiles) if res.profiles else 1
     for i, p in enumerate(res.profiles):
@@ -221,7 +246,7 @@ def plot_slice_weights(res: CaseSliceWeights, path: str | os.PathLike, title: st
         fig.axes[-1].set_xlabel(f"slice number along the {_AXIS_NAMES.get(res.slice_axis, res.slice_axis)} voxel "
                                 "axis of the case", fontsize=8)
     fig.suptitle(title or f"Slice attention on {res.case_id}: slice weights per level, tumour extent, key slices "
-                          "kept (fraction of channels)", fontsize=9)
+                          "kept (fraction of channels)", fontsize=9, y=1 - 0.1 / (2.2 * n + 0.8))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, bbox_inches="tight", facecolor="white")
@@ -257,6 +282,7 @@ def report_slice_weights(checkpoint: Path | None, data_dir: Path | None, case_id
         caption = (f"Slice attention on case {cid}: for each slice-attention site (level) the channel-mean slice "
                    "weight along the slice axis (band: ± one sd over channels), the tumour extent along the same "
                    "axis (voxels per slice), and under each panel the fraction of channels whose key-slice "
-                   "selection kept the slice. Computed on the training-patch-size region centred on the brain.")
+                   "selection kept the slice. Computed on a region centred on the tumour: the whole slice axis "
+                   "(in-plane: the training patch size), or the training patch where the model needs it.")
         return png, caption
     return None
