@@ -242,5 +242,7 @@ def test_cli_lesion_wise_challenge_writes_the_official_columns(tmp_path, capsys)
     for region in ("ET", "TC", "WT"):
         assert int(rows[region]["num_fn"]) == off[region]["Num_FN"]
         assert float(rows[region]["lesion_dice"]) == pytest.approx(off[region]["LesionWise_Score_Dice"], abs=1e-6)
+    printed = capsys.readouterr().out
+    assert "lesion_dice" in printed and "lesions.csv" in printed
     lesions = list(csv.DictReader(open(out / "lesions.csv")))
     assert {(r["region"], r["lesion"]) for r in lesions} >= {("ET", "1"), ("ET", "2")}

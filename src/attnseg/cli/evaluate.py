@@ -104,9 +104,14 @@ def _run(args: argparse.Namespace) -> int:
               "dice_median": round(s["dice"]["median"], 4), f"hd95_{units}": round(s["hd95"]["mean"], 3),
               f"assd_{units}": round(s["assd"]["mean"], 3), "sensitivity": round(s["sensitivity"]["mean"], 4)}
              for reg, s in summary.items()]
+    if lesion_wise:  # the BraTS 2023 script's lesion-wise means (HD95 in mm)
+        for row, s in zip(table, summary.values()):
+            row.update(lesion_dice=round(s["lesion_dice"]["mean"], 4),
+                       lesion_hd95_mm=round(s["lesion_hd95"]["mean"], 3))
     print_table(table, list(table[0]), title=f"attnseg evaluate: {info['cases']} case(s)")
     for key in ("predictions_without_reference", "references_without_prediction"):
         if info[key]:
             print(f"note: {len(info[key])} {key.replace('_', ' ')}: {', '.join(info[key][:10])}")
-    print(f"wrote {paths['per_case']}, {paths['summary_json']}, {paths['summary_md']}")
+    print(f"wrote {paths['per_case']}, {paths['summary_json']}, {paths['summary_md']}"
+          + (f", {paths['lesions']}" if "lesions" in paths else ""))
     return 0
