@@ -380,6 +380,16 @@ def test_report_viewer_in_headless_chromium(browser, report, tiny):
     state = open_viewer(browser, report.html.resolve().as_uri() + "#case=case0", timeout=90)
     assert state["error"] is None and state["caseId"] == "case0"
     assert state["labelValues"]["pred"] == [1, 2] and state["labelValues"]["gt"] == [1, 2, 3]  # no ET predicted
+    # without JavaScript: every static figure is shown, the (empty) viewer stays hidden
+    browser.call("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.navigate(report.html.resolve().as_uri() + "?nojs")
+        browser.wait_for("document.readyState === 'complete' && location.search === '?nojs'", 60)
+        imgs = browser.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+        assert len(imgs) == len(report.figures) and all(w > 100 for _, w in imgs), imgs
+        assert browser.evaluate("document.getElementById('attnseg-viewer').hidden && !window.attnsegViewer")
+    finally:
+        browser.call("Emulation.setScriptExecutionDisabled", {"value": False})
 
 
 def test_view_server_in_headless_chromium(browser, tiny):
