@@ -1,8 +1,9 @@
 """Per-region scores with the BraTS empty-region conventions, and the BraTS 2023 lesion-wise
 scores exactly as the official BraTS 2023 script computes them.
 
-Legacy BraTS rules (``empty="brats"``, applied to every region, not only ET as in the PANet
-reference):
+attnseg's empty-region rules in the manner of the BraTS challenges before 2023 (``empty="brats"``,
+applied to every region, not only ET as in the PANet reference; not a transcription of an
+official script, whose own rules are :func:`lesion_wise_scores`' ``legacy_*`` values):
 
 =========================  ==========  =========================================
 reference / prediction     Dice        HD95 (and ASSD)
