@@ -183,3 +183,12 @@ def test_ablate_seeds_with_held_out_cases_cli(tmp_path, capsys):
     assert f"{pr['diff']:+.3f}" in comp and "| 3 |" in comp
     sentence = next(line for line in page.splitlines() if line.startswith("- **unet + cse**"))
     assert f"{pr['diff']:+.3f}" in sentence and any(v in sentence for v in ("better", "worse", "no detectable"))
+    # --table-only: nothing trained, the page lists the unfinished cells
+    (out / "cells" / "unet__cse__s1.json").unlink()
+    assert main(["ablate", "--config", str(tmp_path / "a.yaml"), "--backbones", "unet", "--attention", "none,cse",
+                 "--seeds", "2", "--test-data", str(test), "--out", str(out), "--table-only"]) == 0
+    assert not (out / "cells" / "unet__cse__s1.json").exists()
+    page = (out / "ablation.md").read_text()
+    assert "Not finished (1 of 4 cells):** unet__cse__s1" in page
+    row = next(line for line in page.splitlines() if line.startswith("| unet | cse |") and "±" in line)
+    assert row.rstrip(" |").endswith("1")  # the cse row now has one seed

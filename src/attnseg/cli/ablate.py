@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "bootstrap CIs, paired Wilcoxon tests against the backbone without attention (Holm) "
                         "and a forest plot to the table")
     p.add_argument("--out", default="ablation", help="output folder")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write the page from the finished cells in OUT/cells (lists the missing ones)")
     p.add_argument("--devices", default="", help="comma-separated devices to run cells on in parallel, "
                                                  "e.g. cuda:0,cuda:1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     path = run_ablation(cfg, backbones, attentions, args.out, budget_minutes=args.budget_minutes,
                         seeds=args.seeds, devices=devices, command="attnseg " + shlex.join(sys.argv[1:]),
-                        test_dir=args.test_data)
+                        test_dir=args.test_data, table_only=args.table_only)
     print(path.read_text())
     print(f"table: {path}")
     return 0

@@ -266,12 +266,13 @@ def run_on_devices(jobs: Sequence[Any], devices: Sequence[str], submit: Callable
 def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: Sequence[str], out_dir: str | Path,
                  *, budget_minutes: float | None = None, seeds: int = 1, devices: Sequence[str] = (),
                  command: str | None = None, log: Callable[[str], None] = _log,
-                 test_dir: str | Path | None = None) -> Path:
+                 test_dir: str | Path | None = None, table_only: bool = False) -> Path:
     """Run every cell not yet finished, then write ``OUT/ablation.md``; returns its path.
 
     With ``test_dir`` every cell is also scored per case on those held-out cases and the page
     gets the seeded statistics (:func:`seeded_statistics`): mean ± sd over seeds, bootstrap
-    CIs, paired comparisons with the backbone without attention, a forest plot."""
+    CIs, paired comparisons with the backbone without attention, a forest plot.
+    ``table_only``: train nothing; the page is made from the finished cells and lists the missing ones."""
     from attnseg.report.table import markdown_table
 
     out = Path(out_dir)
@@ -280,7 +281,9 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     cells = [Cell(b, a, s) for s in range(seeds) for b in backbones for a in attentions]
     todo = [c for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already finished")
-    if devices and len(devices) > 1:
+    if table_only:
+        pass
+    elif devices and len(devices) > 1:
         # spawned workers: a forked child cannot initialise CUDA once its parent has
         with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
             def submit(c: Cell, device: str) -> Future:
@@ -292,7 +295,10 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
         for c in todo:
             log(f"training {c.name}")
             run_cell(config, c, out, budget_minutes, devices[0] if devices else None, test_dir)
-    records = [json.loads((out / "cells" / f"{c.name}.json").read_text()) for c in cells]
+    missing = [c.name for c in cells if not (out / "cells" / f"{c.name}.json").exists()]
+    records = [json.loads((out / "cells" / f"{c.name}.json").read_text()) for c in cells if c.name not in missing]
+    if not records:
+        raise ValueError(f"{out / 'cells'}: no finished cell to tabulate")
     rows, columns = table_rows(records)
     text = ["# Ablation: backbone × attention", ""]
     if command:
@@ -301,6 +307,9 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     text += [f"Same data split and budget ({budget}) for every cell; validation Dice/HD95 of the best "
              f"epoch, mean over {seeds} seed(s); params = trainable parameters; minutes = training time.", ""]
     text.append(markdown_table(rows, columns))
+    if missing:
+        text += ["", f"**Not finished ({len(missing)} of {len(cells)} cells):** " + ", ".join(missing)
+                 + ". Every statistic below uses only the finished cells (a cell's seed count is in its row)."]
     if any("per_case" in r for r in records):
         text += ["", *seeded_statistics(records, out)]
     path = out / "ablation.md"
