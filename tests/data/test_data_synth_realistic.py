@@ -89,7 +89,7 @@ def test_thick_slices_average_then_interpolate():
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("realistic")
     assert cli_main(["data", "synth-brats", "--out", str(out), "--cases", "2", "--seed", "3",
-                     "--difficulty", "realistic"]) == 0
+                     "--difficulty", "realistic", "--start", "1"]) == 0
     return out
 
 
@@ -109,7 +109,8 @@ def test_realistic_cases_deterministic_and_labels_consistent(written):
         if not info["has_et"]:
             assert not (seg == 4).any()
         # the case is a function of (seed, index): regenerate it in memory
-        again = synth_brats_case(3, i, 2, "realistic")
+        assert case.case_id == f"BraTS20_Synth_{i + 2:03d}"  # --start 1: cases 1 and 2, numbered 002, 003
+        again = synth_brats_case(3, i + 1, 2, "realistic")
         np.testing.assert_array_equal(again["seg"], seg)
         np.testing.assert_array_equal(again["images"]["t1ce"], img[1])
         # T1ce: enhancing tumour brighter than oedema; FLAIR: oedema brighter than normal brain

@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sb.add_argument("--cases", type=int, default=30, help="number of cases (default 30)")
     sb.add_argument("--spacing", type=int, choices=(1, 2), default=2, help="voxel size in mm (default 2)")
     sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--start", type=int, default=0,
+                    help="index of the first case (case N is numbered N+1): held-out sets continue a training set")
     sb.add_argument("--difficulty", choices=("easy", "realistic"), default="easy",
                     help="easy (default): clean, well-separated lesions; realistic: scanner sites, fading "
                          "oedema, thin/broken rims, satellites, thick slices, misregistration, imperfect skull "
@@ -58,7 +60,7 @@ def run_synth_brats(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     paths = make_synth_brats(args.out, cases=args.cases, spacing=args.spacing, seed=args.seed,
-                             difficulty=args.difficulty)
+                             difficulty=args.difficulty, start=args.start)
     print(f"wrote {len(paths)} {args.difficulty} BraTS-layout phantom cases ({args.spacing} mm) to {args.out} "
           f"in {time.perf_counter() - t:.1f} s")
     return 0
