@@ -220,3 +220,13 @@ def test_deepmind_without_surface_distance_names_the_extra(monkeypatch, tmp_path
     err = capsys.readouterr().err.strip()
     assert "attnseg[brats2023]" in err and len(err.splitlines()) == 1
     core._deepmind_tables.cache_clear()
+
+
+def test_fortran_ordered_and_transposed_masks_give_the_same_distances():
+    # nibabel arrays are Fortran-ordered; transposed views too: the surface look-ups must not care
+    p, r = _random_blobs(4), _random_blobs(5)
+    for conv in (np.asfortranarray, lambda x: x.T.copy().T, lambda x: x[:, ::-1][:, ::-1]):
+        assert hd95(conv(p), conv(r), (1.2, 0.8, 2.5)) == hd95(p, r, (1.2, 0.8, 2.5))
+        assert assd(conv(p), conv(r)) == assd(p, r)
+    p2, r2 = p[:, :, 5], r[:, :, 5]
+    assert hd95(p2.T, r2.T) == hd95(np.ascontiguousarray(p2.T), np.ascontiguousarray(r2.T))

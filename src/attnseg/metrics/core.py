@@ -126,11 +126,11 @@ def _surface_points(mask: np.ndarray) -> np.ndarray:
     box = _box(mask)
     if box is None:
         return np.zeros((0, mask.ndim), np.int64)
-    m = np.pad(mask[box], 1)
+    m = np.ascontiguousarray(np.pad(mask[box], 1))  # C order (np.pad keeps Fortran order): flat indices below
     flat = m.ravel()
     idx = np.flatnonzero(flat)
     inner = np.ones(idx.size, bool)
-    for stride in (st // m.itemsize for st in m.strides):
+    for stride in (int(np.prod(m.shape[ax + 1:])) for ax in range(m.ndim)):
         inner &= flat[idx - stride]
         inner &= flat[idx + stride]
     pts = np.stack(np.unravel_index(idx[~inner], m.shape), axis=1)
