@@ -18,16 +18,21 @@ install: $(BIN)/python
 dev: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]" "$(TORCH_PIN)"
 
-demo: install
+# the demo makes phantom data (nilearn's template) and writes a report with figures (matplotlib)
+demo: $(BIN)/python
+	$(BIN)/pip install -q -e ".[phantom,report]" "$(TORCH_PIN)"
 	$(BIN)/attnseg demo
 
+# ruff, then the package layers of pyproject.toml's [tool.importlinter] (docs/architecture.md)
 lint: dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 test: dev lint
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
-bench: install
+bench: $(BIN)/python
+	$(BIN)/pip install -q -e ".[bench]" "$(TORCH_PIN)"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from attnseg.runtime.optional import pyplot
+
 
 def _main_output(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
@@ -177,11 +179,9 @@ def save_cam_overlays(image: Any, cams: Any, out_dir: str | Path, class_names: S
     Returns:
         the written paths, ``{out_dir}/{prefix}_{name}.png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot("CAM overlays")  # optional: the [report] extra
 
     img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     maps = np.asarray(cams.detach().cpu() if isinstance(cams, torch.Tensor) else cams, dtype=np.float32)

@@ -14,6 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from attnseg import __version__
+from attnseg.runtime.errors import FaultError
+from attnseg.runtime.fs import is_disk_full
+from attnseg.runtime.optional import MissingExtraError
 
 # command module names, in the order shown by --help
 COMMANDS: tuple[str, ...] = (
@@ -59,18 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from attnseg.runtime.errors import FaultError
-
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, FaultError) as exc:
-        # user errors and faults of the environment (disk full, folder locked, ...): one clear line, no traceback
+    except (ValueError, FileNotFoundError, KeyError, FaultError, MissingExtraError) as exc:
+        # user errors, faults of the environment (disk full, folder locked, ...) and a missing extra: one clear
+        # line, no traceback
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"attnseg {args.command}: error: {msg}", file=sys.stderr)
         return 1
     except OSError as exc:
-        from attnseg.runtime.fs import is_disk_full
-
         if not is_disk_full(exc):
             raise
         # any other write that met a full disk (logs, metrics, configs): one line naming the file

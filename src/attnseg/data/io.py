@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from attnseg.data.errors import DataError
+from attnseg.runtime.optional import require
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".img", ".hdr", ".vtk")
@@ -83,7 +84,7 @@ def load_image(path: str | os.PathLike, dtype: Any = None) -> tuple[np.ndarray, 
                 arr = np.asarray(proxy)
             affine, header = np.asarray(img.affine, dtype=np.float64), img.header
         else:
-            import SimpleITK as sitk
+            sitk = require("SimpleITK", feature=f"reading {path.name}")  # optional: the [itk] extra
 
             im = sitk.ReadImage(str(path))
             arr = sitk.GetArrayFromImage(im)
@@ -172,7 +173,7 @@ def save_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, h
             img.set_sform(np.asarray(affine), code=1)
             nib.save(img, tmp)
         else:
-            import SimpleITK as sitk
+            sitk = require("SimpleITK", feature="writing non-NIfTI images")  # optional: the [itk] extra
 
             im = sitk.GetImageFromArray(arr.transpose(tuple(range(arr.ndim))[::-1]))
             ras = np.asarray(affine, dtype=np.float64)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from attnseg.data.errors import DataError
+from attnseg.runtime.optional import MissingExtraError, missing_message
 
 BRATS_SHAPE_1MM = (240, 240, 155)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -70,9 +71,9 @@ def template_dir() -> Path:
     """Folder of nilearn's shipped MNI ICBM152 2009 files (inside the installed package)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("nilearn")
+    spec = importlib.util.find_spec("nilearn")  # optional: the [phantom] extra (only its data files are read)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("nilearn is not installed: it provides the MNI ICBM152 template used by the phantoms")
+        raise MissingExtraError(missing_message("nilearn", feature="the MNI template of the phantom data"))
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 

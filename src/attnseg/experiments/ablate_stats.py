@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from attnseg.runtime.optional import pyplot
+
 # per-case scores of one cell: {seed: {case_id: {metric: value}}}
 PerCase = Mapping[int, Mapping[str, Mapping[str, float]]]
 
@@ -172,10 +174,7 @@ def compare_to_none(cells: Mapping[tuple[str, str], PerCase], metric: str, n_boo
 
 def forest_plot(rows: Sequence[Mapping[str, Any]], path: str | Path, xlabel: str) -> Path:
     """Forest plot: one line per comparison, the mean paired difference and its 95 % CI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the forest plot")  # optional: the [report] extra
 
     n = len(rows)
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * n + 1.2))

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.runtime.optional import require
+
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
 # spatial edge lengths tried, in order, when nothing says which input size a model accepts
@@ -176,7 +178,7 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, tmp: Path, dynamic: 
 
 
 def _add_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    import onnx
+    onnx = require("onnx", feature="ONNX export")  # optional: the [onnx] extra
 
     proto = onnx.load(str(path))
     for k, v in metadata.items():
@@ -191,7 +193,7 @@ def run_exported(path: str | os.PathLike, x: torch.Tensor, fmt: str | None = Non
     path = Path(path)
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
     if fmt == "onnx":
-        import onnxruntime as ort
+        ort = require("onnxruntime", feature="running an ONNX file")  # optional: the [onnx] extra
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -248,6 +250,9 @@ def export_model(model: nn.Module, example: torch.Tensor, path: str | os.PathLik
         raise ValueError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     if exporter not in ("auto", "legacy", "dynamo"):
         raise ValueError(f"exporter must be auto, legacy or dynamo, got {exporter!r}")
+    if fmt == "onnx":  # before any work: a missing [onnx] extra is one line naming it
+        for mod in ("onnx", "onnxscript", *(("onnxruntime",) if check else ())):
+            require(mod, feature="ONNX export")
     if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
         # export (and its check) run on the CPU: a CPU copy keeps the caller's GPU model as it is
         # and gives a file without device-specific constants

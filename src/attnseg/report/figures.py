@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from attnseg.report.rundata import LOWER_IS_BETTER, EvalData, order_labels
+from attnseg.runtime.optional import pyplot
 
 # fixed colours per BraTS region so every figure of a report agrees (WT green, TC red, ET yellow)
 REGION_COLOURS = {"WT": "#2ca02c", "TC": "#d62728", "ET": "#e6b800", "mean": "#333333"}
@@ -24,12 +25,7 @@ def colour(label: str, i: int = 0) -> str:
 
 
 def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot("report figures")  # optional: the [report] extra
 
 
 def _finite(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -44,7 +40,7 @@ def _finite(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list
 
 def _integer_epochs(ax: Any) -> None:
     """Whole-number epoch ticks (a one-epoch run would otherwise get ticks 0.96 … 1.04)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # optional ([report]); _plt() named the extra already
 
     lo, hi = ax.dataLim.intervalx
     if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 4:  # few epochs: pad to whole numbers

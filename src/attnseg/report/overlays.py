@@ -96,9 +96,8 @@ def plot_overlay(case: OverlayCase, path: str | Path, title: str | None = None) 
     ones: a shared boundary shows as an inner-colour line with an outer-colour rim. Writes a PNG
     to ``path`` and returns it.
     """
-    from matplotlib.lines import Line2D
-
-    plt = _plt()
+    plt = _plt()  # optional: the [report] extra (one line naming it when missing)
+    from matplotlib.lines import Line2D  # optional, as above
     img = case.image
     labels = list(dict.fromkeys([*case.reference, *case.prediction]))
     ref_any = [case.reference[k] for k in labels if k in case.reference]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attnseg.runtime.optional import pyplot
+
 # label colours (RGBA) for the overlay: NCR/NET red, ED green, ET yellow (as the report's)
 _LABEL_RGBA = {1: (0.84, 0.15, 0.16, 0.75), 2: (0.17, 0.63, 0.17, 0.55), 4: (0.9, 0.72, 0.0, 0.85)}
 
@@ -32,10 +34,7 @@ def _show(ax, img2d: np.ndarray, title: str | None) -> None:  # noqa: ANN001 (ma
 
 def phantom_figure(path: str | Path, cases: Sequence[int] = (0, 1, 2, 3), seed: int = 0, spacing: int = 2) -> Path:
     """Write the easy-vs-realistic figure: one row per case index, 4 panels per generator."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the phantom figure")  # optional: the [report] extra
 
     from attnseg.data.synth import synth_brats_case
 

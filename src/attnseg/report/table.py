@@ -1,4 +1,5 @@
-"""Plain tables for the terminal (rich) and for Markdown files."""
+"""Plain tables for the terminal and for Markdown files (no table library: the core keeps one
+progress library, tqdm, and these tables need only column widths)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,21 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
-    """Print ``rows`` as a table with rich (falls back to Markdown when output is not a terminal)."""
-    from rich.console import Console
-    from rich.table import Table
+def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> str:
+    """Fixed-width text table of ``rows`` restricted to ``columns``: numbers right-aligned, text left."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    numeric = [bool(rows) and isinstance(rows[0].get(c), (int, float)) for c in columns]
+    widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(columns)]
 
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
-    for r in rows:
-        table.add_row(*(_fmt(r.get(c)) for c in columns))
-    Console(width=200).print(table)
+    def line(vals: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    out = [title] if title else []
+    out += [line(columns), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in cells]
+    return "\n".join(out) + "\n"
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    """Print ``rows`` as a fixed-width text table (see :func:`text_table`)."""
+    print(text_table(rows, columns, title), end="")

@@ -34,6 +34,7 @@ from torch import nn
 
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
+from attnseg.runtime.optional import MissingExtraError, pyplot, require
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
 from attnseg.train.data import (
@@ -210,12 +211,11 @@ class RunFolder:
         LOG.addHandler(self._stream)
         LOG.propagate = False
         if cfg["log"]["tensorboard"]:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path / "tensorboard"))
-            except ImportError:
-                LOG.warning("tensorboard is not installed: no event files")
+            try:  # optional: the [tensorboard] extra
+                tensorboard = require("torch.utils.tensorboard", feature="event files")
+                self.tb = tensorboard.SummaryWriter(str(path / "tensorboard"))
+            except MissingExtraError as exc:
+                LOG.warning("%s; training goes on without event files", exc)
 
     def load_rows(self, upto_epoch: int) -> None:
         """Rows of a previous run, dropping epochs after the checkpoint we resume from."""
@@ -248,10 +248,12 @@ class RunFolder:
     def plot_curves(self) -> None:
         if not self.enabled or not self.rows or not self.curves:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        try:  # optional: the [report] extra
+            plt = pyplot("training curves")
+        except MissingExtraError as exc:
+            LOG.warning("%s; training goes on without curves", exc)
+            self.curves = False  # warn once
+            return
 
         (self.path / "curves").mkdir(exist_ok=True)
         ep = [r["epoch"] for r in self.rows]
