@@ -307,6 +307,17 @@ def test_view_cli_serves_page_niivue_and_full_resolution_volumes(tiny):
         proc.wait(timeout=10)
 
 
+def test_view_reports_a_taken_port_in_one_line(tiny, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["view", str(tiny["run"]), "--no-browser", "--port", str(port)]) == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_view_a_predictions_folder_needs_the_dataset(tiny, capsys):
     assert main(["view", str(tiny["pred"]), "--no-browser"]) == 1
     assert "pass --data" in capsys.readouterr().err

@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from attnseg.report.viewer_server import collect, make_server
 
     vs = collect(args.target, data_dir=args.data_dir, eval_dir=args.eval_dir, pred_dir=args.pred_dir)
-    server = make_server(vs, args.port)
+    try:
+        server = make_server(vs, args.port)
+    except OSError as exc:  # port taken, no permission
+        raise ValueError(f"cannot serve on 127.0.0.1:{args.port}: {exc.strerror or exc}") from exc
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     for n in vs.notes:
         print(f"note: {n}")

@@ -30,7 +30,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
                   "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                  "--mute-audio", "--hide-scrollbars")
+                  "--mute-audio", "--hide-scrollbars", "--disable-breakpad", "--disable-crash-reporter")
 
 
 def find_chromium() -> str | None:
@@ -67,8 +67,10 @@ class Chromium:
         self.log_path = Path(self._tmp.name) / "chromium.log"
         args = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={self._tmp.name}/profile", "--remote-debugging-pipe",
                 f"--window-size={width},{height}", "about:blank"]
+        # Debian's chromium keeps crash reports under the config folder: keep them in the temporary one
+        env = {**os.environ, "XDG_CONFIG_HOME": f"{self._tmp.name}/config", "XDG_CACHE_HOME": f"{self._tmp.name}/cache"}
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                          pass_fds=(3, 4), preexec_fn=child_fds)
         for fd in (cmd_r, res_w):
             os.close(fd)
