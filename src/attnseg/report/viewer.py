@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -437,7 +438,7 @@ class CasesSection:
             for j, (c, k) in enumerate(zip(r.cells, r.sort_keys)):
                 key = "" if k is None or (isinstance(k, float) and not math.isfinite(k)) else k
                 if j == 1 and self.can_view(i):
-                    c_html = f'<a href="#case={_esc(r.case_id)}" class="view-link">{_esc(c)}</a>'
+                    c_html = f'<a href="#case={_esc(quote(r.case_id, safe=""))}" class="view-link">{_esc(c)}</a>'
                 else:
                     c_html = _esc(c)
                 out.append(f'<td data-sort="{_esc(key)}">{c_html}</td>')
@@ -526,7 +527,7 @@ def case_table(ev: Any | None, case_ids: Sequence[str] = (),
         metrics = [m for m in ("dice", "hd95") if m in ev.metrics] or ev.metrics[:1]
         names = {"dice": "Dice", "hd95": "HD95"}
         header = ["#", "Case"] + [f"{names.get(m, m)} {label}" for m in metrics for label in ev.labels]
-        header += ["mean Dice" if "dice" in metrics else f"mean {metrics[0]}", "shown below as"]
+        header += ["mean Dice" if "dice" in metrics else f"mean {metrics[0]}", "overlay"]
         ranked = ev.ranked_cases(metrics[0])
     tags = {cid: tag for tag, (cid, _) in picks.items()}
     rows = []

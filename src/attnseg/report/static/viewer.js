@@ -210,7 +210,7 @@
     back.href = "#case-row-" + c.n;
     var scores = [];
     Object.keys(c.cells).forEach(function (k) {
-      if (k !== "#" && k !== "Case" && k !== "shown below as" && c.cells[k] !== "–") scores.push(k + " " + c.cells[k]);
+      if (k !== "#" && k !== "Case" && k !== "overlay" && c.cells[k] !== "–") scores.push(k + " " + c.cells[k]);
     });
     $("v-scores").textContent = scores.join(" · ") + (c.tag ? "  (" + c.tag + ")" : "");
     var sel = $("v-channel");
