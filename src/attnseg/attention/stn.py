@@ -32,8 +32,8 @@ class _Trilinear(torch.autograd.Function):
     compiled kernels of :mod:`attnseg.attention._kernels`: the input is made channels-last so
     that each of the eight corner reads (and, in the backward, scatter-adds) is one contiguous
     row of ``C`` values. PyTorch's CPU 3D sampler is a scalar loop that reads the ``C``
-    channels of a corner at a stride of ``D·H·W`` elements (~4x slower forward and backward
-    at 1×32×48³, ``benchmarks/attention.py``)."""
+    channels of a corner at a stride of ``D·H·W`` elements (slower forward and backward;
+    ``benchmarks/attention.py``, figures in docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
