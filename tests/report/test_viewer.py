@@ -352,6 +352,7 @@ def test_report_viewer_in_headless_chromium(browser, report, tiny):
     from attnseg.report.viewer_browser import open_viewer
 
     order = sorted(DICE, key=lambda c: -np.mean(DICE[c]))
+    browser.call("Network.enable")  # every request the pages make is recorded (checked below)
     state = open_viewer(browser, report.standalone.resolve().as_uri(), timeout=90)
     assert state["error"] is None and state["ready"]
     first = json.loads((report.out_dir / "viewer" / "case_000.js").read_text().split(",", 1)[1].rsplit(")", 1)[0])
@@ -391,6 +392,10 @@ def test_report_viewer_in_headless_chromium(browser, report, tiny):
     state = open_viewer(browser, report.html.resolve().as_uri() + "#case=case0", timeout=90)
     assert state["error"] is None and state["caseId"] == "case0"
     assert state["labelValues"]["pred"] == [1, 2] and state["labelValues"]["gt"] == [1, 2, 3]  # no ET predicted
+    # nothing came from the network: only the report's files and data: URIs (NiiVue's font, matcaps)
+    urls = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
+    assert any(u.endswith("/viewer/case_002.js") for u in urls)  # recording worked: case0 loaded on demand
+    assert {u.split(":", 1)[0] for u in urls} <= {"file", "data", "blob"}, sorted(set(urls))
     # without JavaScript: every static figure is shown, the (empty) viewer stays hidden
     browser.call("Emulation.setScriptExecutionDisabled", {"value": True})
     try:
