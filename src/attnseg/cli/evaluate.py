@@ -63,15 +63,6 @@ def _check_out(out, pred, ref) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except ImportError as exc:
-        if "attnseg[" not in str(exc):
-            raise
-        raise ValueError(str(exc)) from exc  # a missing optional extra: one line naming it
-
-
-def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from attnseg.metrics.evaluate import evaluate_folders, summarize, write_outputs

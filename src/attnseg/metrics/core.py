@@ -181,11 +181,11 @@ def surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> tupl
 def _deepmind_tables(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(2×…×2 neighbour-code kernel, code → surfel area/length table) of DeepMind's
     surface-distance package for this spacing."""
-    try:  # optional: the surfel areas are DeepMind's marching-cubes table, not re-derived here
-        from surface_distance import lookup_tables
-    except ImportError as exc:
-        raise ImportError("the 'deepmind' surface-distance definition needs DeepMind's surface-distance package: "
-                          "pip install 'attnseg[brats2023]'") from exc
+    from attnseg.runtime.optional import require
+
+    # optional: the surfel areas are DeepMind's marching-cubes table, not re-derived here
+    lookup_tables = require("surface_distance.lookup_tables", "brats2023",
+                            "DeepMind's surface-distance package, for the 'deepmind' HD95 and the BraTS 2023 scores")
     if len(spacing) == 3:
         return (np.asarray(lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL),
                 np.asarray(lookup_tables.create_table_neighbour_code_to_surface_area(spacing), np.float64))

@@ -336,12 +336,12 @@ def evaluate_brats2024(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, 
     ``OUT/brats2024_metrics.csv`` (the package's ``parse_seg_results``; ``parse_mets_results``
     with its CLI defaults 20 mm³ / 0.1 for the mets config). Returns ``dict(config, cases, json,
     csv, means)`` with ``means`` the CSV's mean row (numeric columns)."""
-    try:  # optional: the official BraTS 2024+ package (attnseg[brats])
-        import brats_evaluation
-        from panoptica import Panoptica_Evaluator
-    except ImportError as exc:
-        raise ImportError("--protocol brats2024 needs the official BraTS package brats-evaluation: pip install "
-                          f"'attnseg[brats]' (its panoptica pins numpy<2.3 and pandas<3) [{exc}]") from exc
+    from attnseg.runtime.optional import require
+
+    # optional: the official BraTS 2024+ package and its panoptica (attnseg[brats])
+    feature = "--protocol brats2024, the official BraTS package; its panoptica pins numpy<2.3 and pandas<3"
+    brats_evaluation = require("brats_evaluation", "brats", feature)
+    Panoptica_Evaluator = require("panoptica", "brats", feature).Panoptica_Evaluator
     name = config or BRATS2024_CONFIGS[challenge]
     cfg = Path(name) if Path(name).suffix in (".yaml", ".yml") else brats_evaluation.config_path(name)
     if not Path(cfg).is_file():
