@@ -6,11 +6,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Tiny tensors: one intra-op thread (the root conftest's ``one_thread``)."""
 
 
 def _fused_and_plain_grads(m, x, g, plain):

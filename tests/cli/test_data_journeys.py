@@ -27,12 +27,7 @@ from attnseg.cli.main import main  # noqa: E402
 NAMES = {"oedema", "core"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 @pytest.fixture(scope="module", params=["nnunet", "msd"])

@@ -23,15 +23,7 @@ from attnseg.infer.export import (
 from attnseg.models import MODELS, create_model, list_models
 from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions gain nothing from a second thread, and on a busy machine the spinning
-    # OpenMP workers make them several times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 class TinyNet(nn.Module):

@@ -13,14 +13,7 @@ from attnseg.cli.main import main
 from attnseg.models import create_model
 from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: OpenMP barriers dominate on a loaded machine; one thread is faster and stabler
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 SHAPE = (13, 11, 9)
 

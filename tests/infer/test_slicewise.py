@@ -9,13 +9,7 @@ from attnseg.infer.slicewise import SliceInferer, slice_inferer
 from attnseg.infer.sliding_window import SlidingWindowInferer
 from attnseg.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 def _volume(c=2, shape=(12, 16, 8), seed=0):

@@ -17,14 +17,7 @@ from attnseg.infer.fastpath import (
 )
 from attnseg.infer.sliding_window import SlidingWindowInferer, importance_map, mirror_combinations, window_starts
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: OpenMP barriers dominate on a loaded machine; one thread is faster and stabler
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 def _net(dims: int = 3, cin: int = 2, cout: int = 3) -> nn.Module:

@@ -16,14 +16,7 @@ from attnseg.models.convert import (
 )
 from attnseg.train.checkpoint import build_model_from_checkpoint, load_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra threads only add synchronisation (and thrash on a shared CPU)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 CH = (4, 8, 8, 16, 16)  # tiny widths (basic residual blocks: last width <= 320)

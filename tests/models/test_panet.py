@@ -8,14 +8,7 @@ from attnseg.attention import ATTENTION
 from attnseg.models import MODELS, count_parameters, create_model, list_models
 from attnseg.models.panet import PANetCascade, PANetUNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra threads only add synchronisation (and thrash on a shared CPU)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 TINY = dict(channels=(4, 8, 8, 16, 16))

@@ -1,15 +1,10 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """Tiny models run fastest (and identically) on one thread, especially on a shared CPU;
-    subprocesses started by these tests get OMP_NUM_THREADS=1 as well."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    subprocesses started by these tests get OMP_NUM_THREADS=1 as well (root conftest's ``one_thread``)."""
 
 
 @pytest.fixture(autouse=True)

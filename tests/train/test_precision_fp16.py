@@ -13,13 +13,7 @@ from attnseg.infer import fastpath
 from attnseg.models import create_model
 from attnseg.train.trainer import _clip
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
 def _step(model, opt, scaler, x, dtype, grad_clip=12.0, poison=False):
