@@ -207,7 +207,8 @@ def test_deepmind_without_surface_distance_names_the_extra(monkeypatch, tmp_path
     from attnseg.cli.main import main
     from attnseg.metrics import core
 
-    monkeypatch.setitem(sys.modules, "surface_distance", None)  # as if the package were not installed
+    for name in ("surface_distance", "surface_distance.lookup_tables"):  # as if the package were not installed
+        monkeypatch.setitem(sys.modules, name, None)
     core._deepmind_tables.cache_clear()
     a = cube()
     with pytest.raises(ImportError, match=r"attnseg\[brats2023\]"):
