@@ -32,9 +32,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attnseg.report.figures import plot_loss, plot_validation
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
-from attnseg.runtime.optional import MissingExtraError, pyplot, require
+from attnseg.runtime.optional import MissingExtraError, require
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from attnseg.train.config import dump_yaml, resolve_config
 from attnseg.train.data import (
@@ -246,41 +247,15 @@ class RunFolder:
             self.tb.flush()
 
     def plot_curves(self) -> None:
+        """``curves/loss.png`` and ``curves/val_dice.png``, drawn by the report's figures."""
         if not self.enabled or not self.rows or not self.curves:
             return
-        try:  # optional: the [report] extra
-            plt = pyplot("training curves")
-        except MissingExtraError as exc:
+        try:
+            plot_loss(self.rows, self.path / "curves" / "loss.png")
+            plot_validation(self.rows, self.path / "curves" / "val_dice.png", "dice")
+        except MissingExtraError as exc:  # optional: the [report] extra
             LOG.warning("%s; training goes on without curves", exc)
             self.curves = False  # warn once
-            return
-
-        (self.path / "curves").mkdir(exist_ok=True)
-        ep = [r["epoch"] for r in self.rows]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for k in [k for k in self.rows[-1] if k.startswith("train_loss")]:
-            ax.plot(ep, [r.get(k, float("nan")) for r in self.rows], label=k)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(self.path / "curves" / "loss.png", dpi=100)
-        plt.close(fig)
-        vals = [r for r in self.rows if _isnum(r.get("val_dice_mean"))]
-        if vals:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for k in [k for k in vals[-1] if k.startswith("val_dice_")]:
-                ax.plot([r["epoch"] for r in vals], [r.get(k, float("nan")) for r in vals], marker="o",
-                        label=k[len("val_dice_"):])
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("validation Dice")
-            ax.set_ylim(0, 1)
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(self.path / "curves" / "val_dice.png", dpi=100)
-            plt.close(fig)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -298,10 +273,6 @@ def _num(v: str) -> Any:
     except (TypeError, ValueError):
         return v
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
-def _isnum(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 # ----------------------------------------------------------------------------------------------
