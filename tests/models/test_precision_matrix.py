@@ -24,7 +24,7 @@ from attnseg.train.losses import build_training_loss
 # attention modules whose training path is a custom autograd node (attnseg.attention._fused) for
 # float32 CPU tensors in the trainer's channels-last fast path (cbam's and stn's nodes take
 # contiguous tensors only: tests/attention cover them)
-FUSED = {"cse", "sse", "scse", "pam", "pam-adaptive", "slice", "slice-adaptive", "ksca", "dual", "anatomynet"}
+FUSED = {"cse", "pam", "pam-adaptive", "slice", "slice-adaptive", "ksca", "dual", "anatomynet"}
 # models with a hard decision inside (cascaded-unet thresholds stage 1 into a mask for stage 2):
 # bf16 rounding flips the decision at a few voxels, so only mean errors are compared there
 HARD = {"cascaded-unet"}

@@ -29,8 +29,6 @@ from typing import Any
 
 import torch
 
-from attnseg.attention import _kernels
-
 
 def slice_layout(shape: Sequence[int], slice_axis: int | None) -> tuple[int, int, int, int, int]:
     """``(B, C, pre, D, post)`` for ``x.shape`` with the slice axis given as an index into
@@ -282,11 +280,8 @@ class PooledScale(torch.autograd.Function):
         x, z, a, *params = ctx.saved_tensors
         b, c, pre, d, post = ctx.layout
         want_x = ctx.needs_input_grad[0]
-        compiled = _kernels.applies(g, x)
         # dL/da[b,c,d] = Σ_{pre,post} g·x
-        if compiled:  # one read of g and x, no product tensor
-            ga = _kernels.slice_dot(g.view(b * c, pre, d, post), x.view(b * c, pre, d, post)).view(b, c, d)
-        elif pre == 1:
+        if pre == 1:
             ga = _blocked_dot(g.reshape(b * c * d, 1, post), x.reshape(b * c * d, 1, post)).view(b, c, d)
         else:
             ga = _blocked_dot(g.reshape(b * c, pre, d, post), x.reshape(b * c, pre, d, post)).view(b, c, d)
@@ -295,14 +290,10 @@ class PooledScale(torch.autograd.Function):
         if want_x:
             gz = torch.zeros_like(z) if gz is None else gz / float(pre * post)
             # input gradient: g·a (the multiply) + dL/dz / n (the mean)
-            if compiled:  # one pass
-                gx = _kernels.scale_add(g.view(b * c, pre, d, post), a.reshape(b * c, d).contiguous(),
-                                        gz.reshape(b * c, d).contiguous()).view(g.shape)
-            else:
-                # the add in place; not torch.addcmul(gz, g, a): with a broadcast `self` it is
-                # 4-20x slower on CPU (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
-                gx = torch.mul(g, a.contiguous().view(ctx.bshape))
-                gx.add_(gz.contiguous().view(ctx.bshape))
+            # the add in place; not torch.addcmul(gz, g, a): with a broadcast `self` it is
+            # 4-20x slower on CPU (5.9 ms vs 0.25 ms at 2x32x128x128, benchmarks/attention.py)
+            gx = torch.mul(g, a.contiguous().view(ctx.bshape))
+            gx.add_(gz.contiguous().view(ctx.bshape))
         return (gx, None, None, None, *out_params)
 
 
@@ -317,112 +308,3 @@ def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Te
         return PooledScale.apply(x, layout, bshape, fn if manual is None else manual, *params)
     a = fn(pooled_mean(x.reshape(layout)))
     return x * a.contiguous().view(bshape)
-
-
-class SpatialChannelScale(torch.autograd.Function):
-    """Spatial SE (``y = x · σ(w·x + b)``, ``w·x`` the 1×1 conv ``C → 1``) and scSE (the same
-    plus channel SE ``x · f(mean x)``, combined by ``add`` or ``max``) with a lean backward.
-
-    ``apply(x, combine, fn, w, b, *params)``: ``combine`` is ``"none"`` (spatial SE only),
-    ``"add"`` or ``"max"``; ``fn`` maps the channel means ``(B, C, 1)`` to channel weights
-    ``(B, C, 1)`` using ``params`` (a callable or a :class:`ManualTiny`; ``None`` for
-    ``"none"``); ``w`` ``(C,)``, ``b`` ``(1,)``.
-    Saves ``x``, the ``(B, 1, N)`` spatial map and, for ``max``, where the channel branch won
-    as a float 0/1 tensor (boolean masks take 2-10x longer to make and to apply on CPU than
-    float ones). For ``max`` ties go to the spatial branch (as ``b + relu(a - b)``).
-
-    The backward forms the product ``g·x`` once and reduces it twice (over the voxels for the
-    channel branch, over the channels for the spatial branch).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, combine: str, fn: Callable[[torch.Tensor], torch.Tensor] | None,
-                w: torch.Tensor, b: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        bsz, c = x.shape[:2]
-        x3 = x.reshape(bsz, c, -1)
-        ctx.compiled = _kernels.applies(x)
-        if ctx.compiled:
-            # compiled: the 1×1 conv and the channel sums in one read of x, the combination in one pass
-            s_lin, zsum = _kernels.scse_stats(x3, w)
-            ss = s_lin.add_(b).sigmoid_()  # (B, N)
-            ctx.combine, ctx.shape = combine, x.shape
-            z = None
-            sc = torch.zeros(bsz, c, dtype=x.dtype)  # (B, C) channel weights (unused for "none")
-            if combine != "none":
-                z = (zsum / float(x3.shape[-1])).unsqueeze(-1)
-                sc = _tiny_forward(ctx, fn, z, params)[..., 0].contiguous()
-            ctx.save_for_backward(x, ss, None, z, sc, w, *params)
-            return _kernels.scse_combine(x3, sc, ss, combine).view(x.shape)
-        # (B, 1, C) @ (B, C, N) as bmm on x's own layout (matmul would copy x transposed)
-        ss = torch.sigmoid(torch.bmm(w.view(1, 1, c).expand(bsz, 1, c), x3) + b.view(1, 1, 1))  # (B, 1, N)
-        ctx.combine, ctx.shape = combine, x.shape
-        mask = sc = None
-        if combine == "none":
-            y = x3 * ss
-            z = None
-        else:
-            z = x3.mean(-1, keepdim=True)  # (B, C, 1)
-            sc = _tiny_forward(ctx, fn, z, params)
-            y = x3 * sc
-            if combine == "add":
-                y.addcmul_(x3, ss)
-            else:
-                spatial = x3 * ss
-                mask = torch.gt(y, spatial, out=torch.empty_like(y))  # 1 where the channel branch wins
-                torch.maximum(y, spatial, out=y)
-        ctx.save_for_backward(x, ss, mask, z, sc, w, *params)
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        x, ss, mask, z, sc, w, *params = ctx.saved_tensors
-        bsz, c = x.shape[:2]
-        if ctx.compiled:
-            return SpatialChannelScale._compiled_backward(ctx, g.contiguous(), x, ss, z, sc, w, params)
-        x3, g3 = x.reshape(bsz, c, -1), g.reshape(bsz, c, -1)
-        combine = ctx.combine
-        q = g3 * x3
-        u = q.sum(1, keepdim=True)  # dL/dss (B, 1, N) (add / none)
-        gx = g3 * ss
-        out_params: list[torch.Tensor | None] = [None] * len(params)
-        gsc = None
-        if combine != "none":
-            if combine == "add":
-                gsc = q.sum(2, keepdim=True)
-                gx.addcmul_(g3, sc)
-            else:
-                gm = g3 * mask  # the output gradient where the channel branch won
-                qc = torch.mul(gm, x3, out=q)  # q is no longer needed
-                gsc = qc.sum(2, keepdim=True)
-                u.sub_(qc.sum(1, keepdim=True))
-                # g·(chosen gate) = g·ss + gm·(sc - ss)
-                gx.addcmul_(gm, sc)
-                gx.addcmul_(gm, ss, value=-1.0)
-            del q
-        u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
-        gx.addcmul_(w.view(1, c, 1), u)  # rank-1: through the 1×1 conv's input
-        if gsc is not None:
-            gz, out_params = _tiny_grads(ctx, z, gsc, True, params, ctx.needs_input_grad[5:])
-            if gz is not None:
-                gx.add_(gz / float(x3.shape[-1]))  # through the mean
-        gw = torch.bmm(x3, u.transpose(1, 2)).sum(0).view_as(w)
-        gb = u.sum().view(1)
-        return (gx.view(ctx.shape), None, None, gw, gb, *out_params)
-
-    @staticmethod
-    def _compiled_backward(ctx, g, x, ss, z, sc, w, params):
-        """Backward with the compiled kernels: one read of ``g`` and ``x`` for ``dL/dss`` and
-        ``dL/dsc``, one pass for the input gradient and the 1×1 conv's weight gradient."""
-        bsz, c = x.shape[:2]
-        x3, g3 = x.view(bsz, c, -1), g.view(bsz, c, -1)
-        combine, n = ctx.combine, x3.shape[-1]
-        u, gsc = _kernels.scse_reduce(g3, x3, sc, ss, combine)
-        up = u.mul_(ss * (1 - ss))  # through the sigmoid: dL/d(w·x + b)
-        gzn = torch.zeros(bsz, c, dtype=x.dtype)
-        out_params: list[torch.Tensor | None] = [None] * len(params)
-        if combine != "none":
-            gz, out_params = _tiny_grads(ctx, z, gsc.unsqueeze(-1), True, params, ctx.needs_input_grad[5:])
-            if gz is not None:
-                gzn = (gz[..., 0] / float(n)).contiguous()
-        gx, gw = _kernels.scse_grad_input(g3, x3, sc, ss, up, w, gzn, combine)
-        return (gx.view(ctx.shape), None, None, gw.view_as(w), up.sum().view(1), *out_params)

@@ -1,33 +1,21 @@
-"""Compiled CPU kernels (numba) for the memory-bound attention modules' training path.
+"""Compiled CPU kernels (numba) for the training path of ``stn`` and ``cbam``.
 
-PyTorch's eager CPU ops cannot fuse: the backward of ``y = x · a`` (``a`` pooled from
-``x``) needs ``Σ g·x`` per slice, which eager mode computes by writing the product to
-memory and reading it back, and ``g·a + dL/dz / n``, which takes a multiply and an add pass
-(``torch.addcmul`` with two broadcast operands falls back to a scalar loop, 3-4x slower).
-And the tiny per-slice network of PAM is ~40 dispatched operations of a few microseconds
-each, as much time as the full-size work at 2×32×128². The kernels here do each of these
-in one compiled call:
+PyTorch's eager CPU ops cannot fuse passes over memory, and its CPU ``grid_sample`` is a
+scalar loop. Each kernel here is one compiled call:
 
-* :func:`slice_dot` - ``Σ g·x`` per (row, slice) in one read of ``g`` and ``x``;
-* :func:`scale_add` - ``g·a + c`` per (row, slice) in one pass;
-* :func:`pam_fixed_forward` / :func:`pam_fixed_backward` - PAM's tiny network (fixed form,
-  average pooling, detached channel descriptor) and its hand-written gradients;
 * :func:`trilinear_forward` / :func:`trilinear_backward` - 3D ``grid_sample`` (trilinear, zero
   padding, ``align_corners=False``) on a channels-last copy of the input, for ``stn``:
   PyTorch's CPU 3D sampler is a scalar loop reading each corner's channels ``D·H·W``
   elements apart, and its backward scatters the same way (2-2.5x slower forward+backward);
 * :func:`transpose_last2` - the tiled transposes to and from channels-last;
-* :func:`scse_stats`, :func:`scse_combine`, :func:`scse_reduce`, :func:`scse_grad_input` -
-  spatial SE and scSE (add or max) in one read forward and two passes backward;
 * :func:`row_mean_max`, :func:`scaled_channel_stats`, :func:`scale2`, :func:`cbam_backward` -
   CBAM without forming the channel-attended tensor (three passes each way);
 * :func:`bilinear_backward` - 2D ``grid_sample`` backward, channel plane by channel plane.
 
-The pooled-scale kernels take ``(R, P, D, Q)`` views of ``(B, C, *spatial)`` (``R = B·C``,
-``D`` the slice axis, ``P``/``Q`` the products of the spatial sizes before/after it). The
-kernels are serial (one thread): they are memory-bound, and at two threads they matched
-PyTorch's two-thread ops here (PAM at 1×32×48³ and 96³), while a numba thread pool would
-compete with PyTorch's for the cores. Used only for
+Kernels that did not make a whole training step >= 10 % faster were removed (the pooled-scale
+``Σ g·x`` / ``g·a + c`` kernels, PAM's fixed-form tiny network, spatial SE / scSE;
+benchmarks/whole_step.py, docs/benchmarks.md). The kernels are serial (one thread): they are
+memory-bound, and a numba thread pool would compete with PyTorch's for the cores. Used only for
 contiguous float32 CPU tensors when numba is importable and ``ATTNSEG_NUMBA`` is not ``0``;
 everything else takes the equivalent PyTorch ops (same values up to float rounding:
 sums are accumulated in a different order). Compiled code is cached on disk by numba
@@ -64,146 +52,6 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 if numba is not None:
     _jit = numba.njit(cache=True, fastmath=True, nogil=True)
-    @_jit
-    def _slice_dot(g, x, out):  # pragma: no cover - compiled
-        r_n, p_n, d_n, q_n = g.shape
-        for r in range(r_n):
-            for d in range(d_n):
-                out[r, d] = 0.0
-            for p in range(p_n):
-                for d in range(d_n):
-                    acc = np.float32(0.0)
-                    for q in range(q_n):
-                        acc += g[r, p, d, q] * x[r, p, d, q]
-                    out[r, d] += acc
-
-    @_jit
-    def _scale_add(g, a, c, out):  # pragma: no cover - compiled
-        r_n, p_n, d_n, q_n = g.shape
-        for r in range(r_n):
-            for p in range(p_n):
-                for d in range(d_n):
-                    ad = a[r, d]
-                    cd = c[r, d]
-                    for q in range(q_n):
-                        out[r, p, d, q] = g[r, p, d, q] * ad + cd
-
-    @_jit
-    def _sigmoid(v):  # pragma: no cover - compiled
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
-
-    @_jit
-    def _pam_forward(z, w1, b1, w2, b2, cw1, cb1, cw2, cb2, a, h, s, desc, u, t):  # pragma: no cover
-        bn, cn, dn = z.shape
-        kn = w1.shape[1]
-        jn = cw1.shape[0]
-        p = np.empty(dn, dtype=np.float32)
-        for b in range(bn):
-            for c in range(cn):
-                # slice excitation: per-channel FC (D -> D//r) + ReLU, FC (D//r -> D), sigmoid
-                for k in range(kn):
-                    acc = b1[c, k]
-                    for d in range(dn):
-                        acc += w1[c, k, d] * z[b, c, d]
-                    h[b, c, k] = max(acc, np.float32(0.0))
-                smax = np.float32(-np.inf)
-                for d in range(dn):
-                    acc = b2[c, d]
-                    for k in range(kn):
-                        acc += w2[c, d, k] * h[b, c, k]
-                    sd = _sigmoid(acc)
-                    s[b, c, d] = sd
-                    smax = max(smax, sd)
-                # key slices: softmax(s) >= its mean; descriptor = key-slice mean of z·s
-                tot = np.float32(0.0)
-                for d in range(dn):
-                    p[d] = np.exp(s[b, c, d] - smax)
-                    tot += p[d]
-                mean_p = np.float32(0.0)
-                for d in range(dn):
-                    p[d] = p[d] / tot
-                    mean_p += p[d]
-                mean_p = mean_p / np.float32(dn)
-                num = np.float32(0.0)
-                cnt = np.float32(0.0)
-                for d in range(dn):
-                    if p[d] >= mean_p or s[b, c, d] == smax:  # the largest is a key slice even when
-                        num += z[b, c, d] * s[b, c, d]  # rounding puts the mean of equal p above it
-                        cnt += np.float32(1.0)
-                desc[b, c] = num / cnt
-            # channel SE on the descriptors: FC (C -> J) + ReLU, FC (J -> C), sigmoid
-            for j in range(jn):
-                acc = cb1[j]
-                for c in range(cn):
-                    acc += cw1[j, c] * desc[b, c]
-                u[b, j] = max(acc, np.float32(0.0))
-            for c in range(cn):
-                acc = cb2[c]
-                for j in range(jn):
-                    acc += cw2[c, j] * u[b, j]
-                tc = _sigmoid(acc)
-                t[b, c] = tc
-                for d in range(dn):
-                    a[b, c, d] = s[b, c, d] * tc
-
-    @_jit
-    def _pam_backward(ga, z, h, s, desc, u, t, w1, w2, cw2, want_z,
-                      gz, gw1, gb1, gw2, gb2, gcw1, gcb1, gcw2, gcb2):  # pragma: no cover - compiled
-        bn, cn, dn = z.shape
-        kn = w1.shape[1]
-        jn = cw2.shape[1]
-        gl = np.empty(dn, dtype=np.float32)
-        gh = np.empty(kn, dtype=np.float32)
-        gv = np.empty(cn, dtype=np.float32)
-        gw1[:] = 0.0
-        gb1[:] = 0.0
-        gw2[:] = 0.0
-        gb2[:] = 0.0
-        gcw1[:] = 0.0
-        gcb1[:] = 0.0
-        gcw2[:] = 0.0
-        gcb2[:] = 0.0
-        for b in range(bn):
-            for c in range(cn):
-                tc = t[b, c]
-                gt = np.float32(0.0)
-                for d in range(dn):
-                    sd = s[b, c, d]
-                    gt += ga[b, c, d] * sd
-                    gl[d] = ga[b, c, d] * tc * sd * (np.float32(1.0) - sd)  # through the sigmoid
-                    gb2[c, d] += gl[d]
-                for k in range(kn):
-                    hk = h[b, c, k]
-                    acc = np.float32(0.0)
-                    for d in range(dn):
-                        gw2[c, d, k] += gl[d] * hk
-                        acc += gl[d] * w2[c, d, k]
-                    gh[k] = acc if hk > 0 else np.float32(0.0)  # through the ReLU
-                    gb1[c, k] += gh[k]
-                    for d in range(dn):
-                        gw1[c, k, d] += gh[k] * z[b, c, d]
-                if want_z:
-                    for d in range(dn):
-                        acc = np.float32(0.0)
-                        for k in range(kn):
-                            acc += gh[k] * w1[c, k, d]
-                        gz[b, c, d] = acc
-                gv[c] = gt * tc * (np.float32(1.0) - tc)
-            # channel SE (the descriptor is detached: parameter gradients only)
-            for c in range(cn):
-                gcb2[c] += gv[c]
-                for j in range(jn):
-                    gcw2[c, j] += gv[c] * u[b, j]
-            for j in range(jn):
-                if u[b, j] > 0:
-                    acc = np.float32(0.0)
-                    for c in range(cn):
-                        acc += gv[c] * cw2[c, j]
-                    gcb1[j] += acc
-                    for c in range(cn):
-                        gcw1[j, c] += acc * desc[b, c]
-
-
     @_jit
     def _transpose_last2(src, dst):  # pragma: no cover - compiled
         # dst[b, j, i] = src[b, i, j] for (B, I, J) -> (B, J, I), tiled. The inner loop runs along
@@ -403,113 +251,6 @@ if numba is not None:
     # (the channel branch wins where x·sc > x·ss strictly, ties go to the spatial branch)
 
     @_jit
-    def _sc_stats(x, w, s_lin, zsum):  # pragma: no cover - compiled
-        # s_lin (B, N) = Σ_c w_c x (the 1×1 conv C -> 1 without bias), zsum (B, C) = Σ_n x
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            sb = s_lin[b]
-            for n in range(nn_):
-                sb[n] = 0.0
-            for c in range(cn):
-                xr = x[b, c]
-                wc = w[c]
-                acc = np.float32(0.0)
-                for n in range(nn_):
-                    v = xr[n]
-                    sb[n] += wc * v
-                    acc += v
-                zsum[b, c] = acc
-
-    @_jit
-    def _sc_combine(x, sc, ss, mode, y):  # pragma: no cover - compiled
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            sb = ss[b]
-            for c in range(cn):
-                xr = x[b, c]
-                yr = y[b, c]
-                scc = sc[b, c]
-                if mode == 0:
-                    for n in range(nn_):
-                        yr[n] = xr[n] * sb[n]
-                elif mode == 1:
-                    for n in range(nn_):
-                        yr[n] = xr[n] * scc + xr[n] * sb[n]
-                else:
-                    for n in range(nn_):
-                        ch = xr[n] * scc
-                        sp = xr[n] * sb[n]
-                        yr[n] = ch if ch > sp else sp
-
-    @_jit
-    def _sc_reduce(g, x, sc, ss, mode, u, gsc):  # pragma: no cover - compiled
-        # u (B, N) = dL/dss = Σ_c g·x (where the spatial branch is used), gsc (B, C) = dL/dsc
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            ub = u[b]
-            sb = ss[b]
-            for n in range(nn_):
-                ub[n] = 0.0
-            for c in range(cn):
-                xr = x[b, c]
-                gr = g[b, c]
-                scc = sc[b, c]
-                acc = np.float32(0.0)
-                if mode == 0:
-                    for n in range(nn_):
-                        ub[n] += gr[n] * xr[n]
-                elif mode == 1:
-                    for n in range(nn_):
-                        q = gr[n] * xr[n]
-                        ub[n] += q
-                        acc += q
-                else:
-                    for n in range(nn_):
-                        v = xr[n]
-                        q = gr[n] * v
-                        if v * scc > v * sb[n]:
-                            acc += q
-                        else:
-                            ub[n] += q
-                gsc[b, c] = acc
-
-    @_jit
-    def _sc_grad_input(g, x, sc, ss, up, w, gzn, mode, gx, gw):  # pragma: no cover - compiled
-        # gx = g·(gate) + w_c·up (through the 1×1 conv) + gzn_c (through the channel mean);
-        # gw_c = Σ_{b,n} x·up; up = dL/d(w·x + b) (B, N), gzn (B, C) = dL/dz / N
-        bn, cn, nn_ = x.shape
-        for c in range(cn):
-            gw[c] = 0.0
-        for b in range(bn):
-            ub = up[b]
-            sb = ss[b]
-            for c in range(cn):
-                xr = x[b, c]
-                gr = g[b, c]
-                gxr = gx[b, c]
-                scc = sc[b, c]
-                wc = w[c]
-                gzc = gzn[b, c]
-                acc = np.float32(0.0)
-                if mode == 0:
-                    for n in range(nn_):
-                        gxr[n] = gr[n] * sb[n] + wc * ub[n]
-                        acc += xr[n] * ub[n]
-                elif mode == 1:
-                    for n in range(nn_):
-                        gxr[n] = gr[n] * (scc + sb[n]) + wc * ub[n] + gzc
-                        acc += xr[n] * ub[n]
-                else:
-                    for n in range(nn_):
-                        v = xr[n]
-                        gate = scc if v * scc > v * sb[n] else sb[n]
-                        gxr[n] = gr[n] * gate + wc * ub[n] + gzc
-                        acc += v * ub[n]
-                gw[c] += acc
-
-    # CBAM: x (B, C, N); t (B, C) channel weights, s (B, N) spatial weights, y = (x·t)·s
-
-    @_jit
     def _row_mean_max(x, mean, mx, amx):  # pragma: no cover - compiled
         # per (b, c) row: mean, max and the first index of the max, in one read
         bn, cn, nn_ = x.shape
@@ -617,47 +358,6 @@ if numba is not None:
             for c in range(cn):
                 gx[b, c, amx[b, c]] += gmax[b, c]
 
-def slice_dot(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``Σ g·x`` over ``P`` and ``Q`` of ``(R, P, D, Q)`` tensors: ``(R, D)``."""
-    out = torch.empty(g.shape[0], g.shape[2], dtype=g.dtype)
-    _slice_dot(_np(g), _np(x), out.numpy())
-    return out
-
-
-def scale_add(g: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``g·a + c`` for ``g`` ``(R, P, D, Q)`` and ``a``, ``c`` ``(R, D)`` (broadcast over ``P``, ``Q``)."""
-    out = torch.empty_like(g)
-    _scale_add(_np(g), _np(a), _np(c), out.numpy())
-    return out
-
-
-def pam_fixed_forward(z: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, tuple]:
-    """PAM's tiny network ``z`` ``(B, C, D)`` → ``a = s ⊗ t`` ``(B, C, D)``; ``params`` = slice
-    ``fc1_weight (C, K, D)``, ``fc1_bias (C, K)``, ``fc2_weight (C, D, K)``, ``fc2_bias (C, D)``,
-    channel ``fc1.weight (J, C)``, ``fc1.bias (J,)``, ``fc2.weight (C, J)``, ``fc2.bias (C,)``.
-    Returns ``(a, saved)`` for :func:`pam_fixed_backward`."""
-    b, c, d = z.shape
-    k, j = params[0].shape[1], params[4].shape[0]
-    new = lambda *shape: torch.empty(shape, dtype=z.dtype)  # noqa: E731
-    a, h, s, desc, u, t = new(b, c, d), new(b, c, k), new(b, c, d), new(b, c), new(b, j), new(b, c)
-    _pam_forward(_np(z), *(_np(p) for p in params), a.numpy(), h.numpy(), s.numpy(), desc.numpy(),
-                 u.numpy(), t.numpy())
-    return a, (z, h, s, desc, u, t)
-
-
-def pam_fixed_backward(saved: tuple, ga: torch.Tensor, want_z: bool, params: list[torch.Tensor]
-                       ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Gradients of :func:`pam_fixed_forward` from ``dL/da`` ``(B, C, D)``:
-    ``(dL/dz or None, one gradient per parameter)``."""
-    z, h, s, desc, u, t = saved
-    grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-    gz = torch.empty_like(z)
-    w1, w2, cw2 = params[0], params[2], params[6]
-    _pam_backward(_np(ga.contiguous()), _np(z), _np(h), _np(s), _np(desc), _np(u), _np(t), _np(w1), _np(w2),
-                  _np(cw2), bool(want_z), gz.numpy(), *(gp.numpy() for gp in grads))
-    return (gz if want_z else None), grads
-
-
 def trilinear_forward(xc: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Trilinear sampling as ``F.grid_sample(mode="bilinear", padding_mode="zeros",
     align_corners=False)`` in 3D, on a channels-last input ``xc`` ``(B, D, H, W, C)`` at the
@@ -685,45 +385,6 @@ def transpose_last2(t: torch.Tensor) -> torch.Tensor:
     out = torch.empty(t.shape[0], t.shape[2], t.shape[1], dtype=t.dtype)
     _transpose_last2(_np(t), out.numpy())
     return out
-
-
-SCSE_MODES = {"none": 0, "add": 1, "max": 2}
-
-
-def scse_stats(x3: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``x3`` ``(B, C, N)``: ``(Σ_c w_c·x`` ``(B, N)``, ``Σ_n x`` ``(B, C))`` in one read."""
-    s_lin = torch.empty(x3.shape[0], x3.shape[2], dtype=x3.dtype)
-    zsum = torch.empty(x3.shape[:2], dtype=x3.dtype)
-    _sc_stats(_np(x3), _np(w.contiguous()), s_lin.numpy(), zsum.numpy())
-    return s_lin, zsum
-
-
-def scse_combine(x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, combine: str) -> torch.Tensor:
-    """``x·ss`` (``none``), ``x·sc + x·ss`` (``add``) or ``max(x·sc, x·ss)`` (``max``) for ``x3``
-    ``(B, C, N)``, channel weights ``sc`` ``(B, C)`` and spatial weights ``ss`` ``(B, N)``."""
-    y = torch.empty_like(x3)
-    _sc_combine(_np(x3), _np(sc), _np(ss), SCSE_MODES[combine], y.numpy())
-    return y
-
-
-def scse_reduce(g3: torch.Tensor, x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, combine: str
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dL/dss`` ``(B, N)``, ``dL/dsc`` ``(B, C))`` of :func:`scse_combine` in one read of ``g3`` and ``x3``."""
-    u = torch.empty_like(ss)
-    gsc = torch.empty_like(sc)
-    _sc_reduce(_np(g3), _np(x3), _np(sc), _np(ss), SCSE_MODES[combine], u.numpy(), gsc.numpy())
-    return u, gsc
-
-
-def scse_grad_input(g3: torch.Tensor, x3: torch.Tensor, sc: torch.Tensor, ss: torch.Tensor, up: torch.Tensor,
-                    w: torch.Tensor, gzn: torch.Tensor, combine: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input gradient ``(B, C, N)`` and 1×1-conv weight gradient ``(C,)`` in one pass; ``up`` =
-    ``dL/d(w·x + b)`` ``(B, N)``, ``gzn`` = ``dL/dz / N`` ``(B, C)`` (the channel mean's share)."""
-    gx = torch.empty_like(x3)
-    gw = torch.empty(x3.shape[1], dtype=x3.dtype)
-    _sc_grad_input(_np(g3), _np(x3), _np(sc), _np(ss), _np(up), _np(w.contiguous()), _np(gzn),
-                   SCSE_MODES[combine], gx.numpy(), gw.numpy())
-    return gx, gw
 
 
 def bilinear_backward(x: torch.Tensor, grid: torch.Tensor, gout: torch.Tensor, want_x: bool, want_grid: bool

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnseg.attention import _kernels, register_attention
-from attnseg.attention._fused import SEMlpTiny, SpatialChannelScale, eager, pooled_scale, use_fused
+from attnseg.attention import register_attention
+from attnseg.attention._fused import SEMlpTiny, eager, pooled_scale
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -54,12 +54,6 @@ def cse(channels: int, spatial_dims: int = 3, reduction: int = 8, pooling: str =
     return ChannelSE(channels, spatial_dims, reduction, pooling)
 
 
-def _compiled_inference(x: torch.Tensor) -> bool:
-    """Inference (no gradient, no tracing/export) on a tensor the compiled kernels take: the
-    fused node's forward is then one read of ``x`` and one pass instead of four."""
-    return not torch.is_grad_enabled() and eager() and _kernels.applies(x)
-
-
 class SpatialSE(nn.Module):
     """Spatial squeeze-and-excitation (Roy et al., 2018): a 1×1(×1) convolution ``C → 1``
     (``conv``), sigmoid, and every voxel of every channel scaled by that map.
@@ -82,9 +76,6 @@ class SpatialSE(nn.Module):
         return torch.sigmoid(s).view(x.shape[0], 1, *x.shape[2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.conv.weight.view(-1), self.conv.bias
-        if use_fused(x, (w, b)) or _compiled_inference(x):  # attnseg.attention._fused; same values
-            return SpatialChannelScale.apply(x, "none", None, w, b)
         return x * self.spatial_map(x)
 
 
@@ -93,10 +84,8 @@ class ConcurrentSE(nn.Module):
     input and combined by ``combine``: ``"add"``/``"sum"`` (default: the element-wise sum of the
     original MICCAI 2018 paper, as segmentation_models_pytorch), ``"max"`` (element-wise
     maximum, the "max-out" aggregation of the journal version, Roy et al. IEEE TMI 2019) or
-    ``"mul"`` (``x · s_c · s_s``). ``max`` costs about twice ``add`` in training (a mask is
-    saved and applied) with PyTorch ops; with the compiled CPU kernels
-    (``attnseg.attention._kernels``) both take one read of ``x`` forward and two passes
-    backward, ``max`` recomputing the choice instead of saving a mask (``docs/attention.md``).
+    ``"mul"`` (``x · s_c · s_s``). Plain autograd in training (a fused node with compiled
+    kernels was removed: it made a whole U-Net training step < 10 % faster, docs/benchmarks.md).
     Shape ``(B, C, *spatial)`` → same.
     """
 
@@ -113,11 +102,6 @@ class ConcurrentSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.combine == "mul":
             return self.sse(self.cse(x))
-        w, b = self.sse.conv.weight.view(-1), self.sse.conv.bias
-        params = list(self.cse.parameters())
-        if self.cse.pooling == "avg" and (use_fused(x, [w, b, *params]) or _compiled_inference(x)):
-            # both branches and the combination in one autograd node (attnseg.attention._fused)
-            return SpatialChannelScale.apply(x, self.combine, SEMlpTiny(), w, b, *params)
         if not torch.is_grad_enabled() and eager():
             # inference: two full-size products combined in place (same values)
             y = self.cse(x)

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnseg.attention import _kernels, register_attention
+from attnseg.attention import register_attention
 from attnseg.attention._fused import (
     ManualTiny,
     broadcast_shape,
@@ -497,9 +497,6 @@ class _PamTiny(ManualTiny):
         self.m = module
 
     def forward(self, z, params):
-        if self.m.slice.form == "fixed" and _kernels.applies(z, *params):
-            a, saved = _kernels.pam_fixed_forward(z, params)
-            return a, ("compiled", saved)
         logits, excite_saved = self.m.slice.excite_manual(z, params[:4])
         s = logits.contiguous().sigmoid_()  # (B, C, D) in z's layout: the ops below mix them
         desc = self.m.channel.descriptor(z, None, key_slice_mask(s), s)[0]  # key-slice mean of x·s, (B, C)
@@ -507,8 +504,6 @@ class _PamTiny(ManualTiny):
         return s * t.unsqueeze(-1), (excite_saved, s, t, h2, desc)
 
     def backward(self, saved, ga, want_z, params):
-        if saved[0] == "compiled":
-            return _kernels.pam_fixed_backward(saved[1], ga, want_z, params)
         excite_saved, s, t, h2, desc = saved
         gl = torch.ops.aten.sigmoid_backward(ga * t.unsqueeze(-1), s)
         gz, grads = self.m.slice.excite_manual_backward(excite_saved, gl, want_z, params[:4])
