@@ -86,7 +86,12 @@ def nnunet_trainer(patch: int, batch: int, workdir: str):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     plans, dataset = plans_and_dataset(patch, batch)
-    tr = nnUNetTrainer(plans, "3d_fullres", 0, dataset, device=torch.device("cpu"))
+    # initialize() only looks at the preprocessed folder's file type (no data is loaded here)
+    pre = os.path.join(os.environ["nnUNet_preprocessed"], plans["dataset_name"], "nnUNetPlans_3d_fullres")
+    os.makedirs(pre, exist_ok=True)
+    open(os.path.join(pre, "none.npz"), "wb").close()
+    # (nnunetv2 2.8 pops "continue_training" from the plans it is given)
+    tr = nnUNetTrainer({**plans, "continue_training": False}, "3d_fullres", 0, dataset, device=torch.device("cpu"))
     tr.initialize()
     return tr, plans, dataset
 

@@ -41,16 +41,17 @@ import time
 
 # module -> (attention kwargs, which layers it has: "numba" kernels and/or a "fused" backward)
 MODULES: dict[str, tuple[dict, tuple[str, ...]]] = {
-    # numba kernels removed from cse/pam/slice/ksca (slice_dot, scale_add, PAM's tiny network) and
-    # sse/scse (node and kernels): whole step < 10 % faster (docs/benchmarks.md); rows kept to re-check
-    "cse": ({}, ("fused",)),
+    # removed 2026-12-03 (whole step < 10 % faster, docs/benchmarks.md): the numba kernels and the
+    # fused pooled-scale node of cse/pam/pam-adaptive/slice/ksca, scSE/sSE's node and kernels,
+    # CBAM's node and kernels; the rows stay to re-check (all modes now run the same plain ops)
+    "cse": ({}, ()),
     "sse": ({}, ()),
     "scse": ({}, ()),
-    "cbam": ({}, ("numba",)),
-    "pam": ({}, ("fused",)),
-    "pam-adaptive": ({}, ("fused",)),
-    "slice": ({}, ("fused",)),
-    "ksca": ({}, ("fused",)),
+    "cbam": ({}, ()),
+    "pam": ({}, ()),
+    "pam-adaptive": ({}, ()),
+    "slice": ({}, ()),
+    "ksca": ({}, ()),
     "stn": ({}, ("numba",)),
     "dual": ({}, ("fused",)),
 }

@@ -17,7 +17,7 @@ def _fused_and_plain_grads(m, x, g, plain):
     as zero. Returns ``(fused, plain)`` lists to compare pairwise."""
     y = m(x)
     y.backward(g)
-    fused = [x.grad.clone()] + [p.grad.clone() for p in m.parameters()]
+    fused = [x.grad.clone()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in m.parameters()]
     x.grad = None
     m.zero_grad(set_to_none=True)
     ref = plain(x)

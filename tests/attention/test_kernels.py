@@ -1,10 +1,9 @@
-"""The compiled (numba) kernels that remain (stn's samplers, cbam) against float64 / PyTorch.
+"""The compiled (numba) kernels that remain (stn's samplers) against float64 / PyTorch.
 
-(The pooled-scale, PAM and scSE kernels were removed: a whole training step was not >= 10 %
+(The pooled-scale, PAM, scSE and CBAM kernels were removed: a whole training step was not >= 10 %
 faster with them, benchmarks/whole_step.py and docs/benchmarks.md.)
 """
 
-import copy
 
 import pytest
 import torch
@@ -12,13 +11,6 @@ import torch
 from attnseg.attention import _kernels, create_attention
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed or ATTNSEG_NUMBA=0")
-
-
-def _grads(m, x, g, input_grad=True):
-    x = x.detach().requires_grad_(input_grad)
-    y = m(x)
-    wrt = ([x] if input_grad else []) + list(m.parameters())
-    return [y] + list(torch.autograd.grad(y, wrt, g))
 
 
 # ----------------------------------------------------------------------------------------
@@ -103,41 +95,3 @@ def test_bilinear_backward_matches_grid_sample(batch, size, out_size, monkeypatc
     torch.testing.assert_close(torch.autograd.grad(grid_sample_2d(x.detach(), grid), grid, g)[0], wants[1],
                                rtol=1e-4, atol=1e-4)
     assert used == [1, 1, 1]
-
-
-# ----------------------------------------------------------------------------------------
-# CBAM
-
-
-@pytest.mark.parametrize("dims,size", [(2, (9, 7)), (3, (5, 6, 4))])
-@pytest.mark.parametrize("batch", [1, 2])
-def test_cbam_compiled_matches_float64(dims, size, batch, monkeypatch):
-    used = []
-    fn = _kernels.cbam_backward
-    monkeypatch.setattr(_kernels, "cbam_backward", lambda *a: used.append(1) or fn(*a))
-    torch.manual_seed(11)
-    m = create_attention("cbam", 6, dims, reduction=2, kernel_size=3)
-    x = torch.randn(batch, 6, *size)
-    g = torch.randn_like(x)
-    got = _grads(m, x, g)
-    assert used == [1]
-    want = _grads(copy.deepcopy(m).double(), x.double(), g.double())
-    assert used == [1]  # float64: the PyTorch ops
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5)
-
-
-def test_cbam_compiled_frozen_parameters_and_no_input_gradient():
-    torch.manual_seed(12)
-    m = create_attention("cbam", 4, 2, kernel_size=3)
-    m.spatial.weight.requires_grad_(False)
-    x, g = torch.randn(2, 4, 6, 5), torch.randn(2, 4, 6, 5)
-    y = m(x)  # x needs no gradient: only the parameters that require one get it
-    y.backward(g)
-    assert m.spatial.weight.grad is None and m.spatial.bias.grad is not None
-    ref = copy.deepcopy(m).double()
-    ref.zero_grad()
-    ref(x.double()).backward(g.double())
-    for p, q in zip(m.parameters(), ref.parameters()):
-        if p.requires_grad:
-            torch.testing.assert_close(p.grad, q.grad.float(), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for the training path of ``stn`` and ``cbam``.
+"""Compiled CPU kernels (numba) for the training path of ``stn``.
 
 PyTorch's eager CPU ops cannot fuse passes over memory, and its CPU ``grid_sample`` is a
 scalar loop. Each kernel here is one compiled call:
@@ -8,12 +8,10 @@ scalar loop. Each kernel here is one compiled call:
   PyTorch's CPU 3D sampler is a scalar loop reading each corner's channels ``D·H·W``
   elements apart, and its backward scatters the same way (2-2.5x slower forward+backward);
 * :func:`transpose_last2` - the tiled transposes to and from channels-last;
-* :func:`row_mean_max`, :func:`scaled_channel_stats`, :func:`scale2`, :func:`cbam_backward` -
-  CBAM without forming the channel-attended tensor (three passes each way);
 * :func:`bilinear_backward` - 2D ``grid_sample`` backward, channel plane by channel plane.
 
 Kernels that did not make a whole training step >= 10 % faster were removed (the pooled-scale
-``Σ g·x`` / ``g·a + c`` kernels, PAM's fixed-form tiny network, spatial SE / scSE;
+``Σ g·x`` / ``g·a + c`` kernels, PAM's fixed-form tiny network, spatial SE / scSE, CBAM;
 benchmarks/whole_step.py, docs/benchmarks.md). The kernels are serial (one thread): they are
 memory-bound, and a numba thread pool would compete with PyTorch's for the cores. Used only for
 contiguous float32 CPU tensors when numba is importable and ``ATTNSEG_NUMBA`` is not ``0``;
@@ -250,113 +248,6 @@ if numba is not None:
     # spatial / spatial-and-channel SE; x (B, C, N); mode 0 = spatial only, 1 = add, 2 = max
     # (the channel branch wins where x·sc > x·ss strictly, ties go to the spatial branch)
 
-    @_jit
-    def _row_mean_max(x, mean, mx, amx):  # pragma: no cover - compiled
-        # per (b, c) row: mean, max and the first index of the max, in one read
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            for c in range(cn):
-                xr = x[b, c]
-                acc = np.float32(0.0)
-                best = xr[0]
-                arg = 0
-                for n in range(nn_):
-                    v = xr[n]
-                    acc += v
-                    if v > best:
-                        best = v
-                        arg = n
-                mean[b, c] = acc / np.float32(nn_)
-                mx[b, c] = best
-                amx[b, c] = arg
-
-    @_jit
-    def _scaled_channel_stats(x, t, pm, pmax, pidx):  # pragma: no cover - compiled
-        # mean and max (first index) over the channels of x·t, per voxel, in one read of x
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            pmb, pxb, pib = pm[b], pmax[b], pidx[b]
-            tc = t[b, 0]
-            x0 = x[b, 0]
-            for n in range(nn_):
-                v = x0[n] * tc
-                pmb[n] = v
-                pxb[n] = v
-                pib[n] = 0
-            for c in range(1, cn):
-                tc = t[b, c]
-                xr = x[b, c]
-                for n in range(nn_):
-                    v = xr[n] * tc
-                    pmb[n] += v
-                    if v > pxb[n]:
-                        pxb[n] = v
-                        pib[n] = c
-            for n in range(nn_):
-                pmb[n] = pmb[n] / np.float32(cn)
-
-    @_jit
-    def _scale2(x, t, s, y):  # pragma: no cover - compiled
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            sb = s[b]
-            for c in range(cn):
-                tc = t[b, c]
-                xr, yr = x[b, c], y[b, c]
-                for n in range(nn_):
-                    yr[n] = (xr[n] * tc) * sb[n]
-
-    @_jit
-    def _cbam_reduce(g, x, t, s, ds, dt):  # pragma: no cover - compiled
-        # ds (B, N) = Σ_c g·x·t_c = dL/ds; dt (B, C) = Σ_n g·x·s_n (dL/dt through the product)
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            dsb, sb = ds[b], s[b]
-            for n in range(nn_):
-                dsb[n] = 0.0
-            for c in range(cn):
-                tc = t[b, c]
-                xr, gr = x[b, c], g[b, c]
-                acc = np.float32(0.0)
-                for n in range(nn_):
-                    q = gr[n] * xr[n]
-                    dsb[n] += q * tc
-                    acc += q * sb[n]
-                dt[b, c] = acc
-
-    @_jit
-    def _cbam_dt_pool(x, gp0, gp1, pidx, dt):  # pragma: no cover - compiled
-        # dt += dL/dt through the spatial part's channel mean (gp0 = dL/dmean / C) and max
-        bn, cn, nn_ = x.shape
-        for b in range(bn):
-            g0 = gp0[b]
-            for c in range(cn):
-                xr = x[b, c]
-                acc = np.float32(0.0)
-                for n in range(nn_):
-                    acc += xr[n] * g0[n]
-                dt[b, c] += acc
-            for n in range(nn_):
-                c = pidx[b, n]
-                dt[b, c] += x[b, c, n] * gp1[b, n]
-
-    @_jit
-    def _cbam_grad_input(g, t, s, gp0, gp1, pidx, gavg, gmax, amx, gx):  # pragma: no cover - compiled
-        # gx = g·t·s + t·gp0 + gavg (dense, one pass) + the two max-pool scatters (sparse)
-        bn, cn, nn_ = g.shape
-        for b in range(bn):
-            sb, g0 = s[b], gp0[b]
-            for c in range(cn):
-                tc = t[b, c]
-                gac = gavg[b, c]
-                gr, gxr = g[b, c], gx[b, c]
-                for n in range(nn_):
-                    gxr[n] = gr[n] * tc * sb[n] + tc * g0[n] + gac
-            for n in range(nn_):
-                c = pidx[b, n]
-                gx[b, c, n] += t[b, c] * gp1[b, n]
-            for c in range(cn):
-                gx[b, c, amx[b, c]] += gmax[b, c]
 
 def trilinear_forward(xc: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Trilinear sampling as ``F.grid_sample(mode="bilinear", padding_mode="zeros",
@@ -399,52 +290,3 @@ def bilinear_backward(x: torch.Tensor, grid: torch.Tensor, gout: torch.Tensor, w
     _bilinear_backward(_np(x).reshape(b, c, -1), h, w, _np(g), _np(gout.reshape(b, c, -1).contiguous()),
                        bool(want_x), bool(want_grid), gx.numpy().reshape(b, c, -1), ggrid.numpy())
     return (gx if want_x else None), (ggrid.view(grid.shape) if want_grid else None)
-
-
-def row_mean_max(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, max and argmax (first) over the last axis of ``x3`` ``(B, C, N)``, one read."""
-    b, c, _ = x3.shape
-    mean, mx = torch.empty(b, c, dtype=x3.dtype), torch.empty(b, c, dtype=x3.dtype)
-    amx = torch.empty(b, c, dtype=torch.int64)
-    _row_mean_max(_np(x3), mean.numpy(), mx.numpy(), amx.numpy())
-    return mean, mx, amx
-
-
-def scaled_channel_stats(x3: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, max and argmax (first) over the channels of ``x3 · t`` (``t`` ``(B, C)``): ``(B, N)`` each."""
-    b, _, n = x3.shape
-    pm, pmax = torch.empty(b, n, dtype=x3.dtype), torch.empty(b, n, dtype=x3.dtype)
-    pidx = torch.empty(b, n, dtype=torch.int64)
-    _scaled_channel_stats(_np(x3), _np(t), pm.numpy(), pmax.numpy(), pidx.numpy())
-    return pm, pmax, pidx
-
-
-def scale2(x3: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``(x3 · t) · s`` for ``t`` ``(B, C)`` and ``s`` ``(B, N)``, one pass."""
-    y = torch.empty_like(x3)
-    _scale2(_np(x3), _np(t), _np(s), y.numpy())
-    return y
-
-
-def cbam_backward(g3: torch.Tensor, x3: torch.Tensor, t: torch.Tensor, s: torch.Tensor, pidx: torch.Tensor,
-                  amx: torch.Tensor, spatial_grads, channel_grads) -> torch.Tensor:
-    """Input gradient of CBAM's ``y = (x·t)·s`` (see :class:`attnseg.attention.cbam.CBAM`).
-
-    ``spatial_grads(ds)`` maps ``dL/ds`` ``(B, N)`` to ``(dL/dmean_c, dL/dmax_c)`` of the
-    spatial part's pooled maps (``(B, N)`` each) and ``channel_grads(dt)`` maps ``dL/dt``
-    ``(B, C)`` to ``(dL/davg, dL/dmax)`` of the channel part's pooled descriptors; both
-    back-propagate through the small networks (and accumulate their parameter gradients).
-    Three passes over full-size memory: ``Σ`` over ``g·x`` both ways, ``Σ x·gp``, the gradient.
-    """
-    b, c, n = x3.shape
-    ds, dt = torch.empty(b, n, dtype=x3.dtype), torch.empty(b, c, dtype=x3.dtype)
-    _cbam_reduce(_np(g3), _np(x3), _np(t), _np(s), ds.numpy(), dt.numpy())
-    gmean, gmax_c = spatial_grads(ds)
-    gp0 = (gmean / float(c)).contiguous()
-    gp1 = gmax_c.contiguous()
-    _cbam_dt_pool(_np(x3), _np(gp0), _np(gp1), _np(pidx), dt.numpy())
-    gavg, gmax = channel_grads(dt)
-    gx = torch.empty_like(x3)
-    _cbam_grad_input(_np(g3), _np(t), _np(s), _np(gp0), _np(gp1), _np(pidx), _np((gavg / float(n)).contiguous()),
-                     _np(gmax.contiguous()), _np(amx), gx.numpy())
-    return gx

@@ -6,10 +6,9 @@ import math
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from attnseg.attention import _kernels, register_attention
-from attnseg.attention._fused import graph_grads, pooled_scale, use_fused
+from attnseg.attention import register_attention
+from attnseg.attention._fused import pooled_scale
 from attnseg.attention.se import ChannelSE
 from attnseg.blocks import check_spatial_dims, conv
 
@@ -41,71 +40,11 @@ class CBAM(nn.Module):
         return torch.sigmoid(self.spatial(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel is not None and self.spatial is not None:
-            params = [*self.channel.parameters(), *self.spatial.parameters()]
-            if use_fused(x, params) and _kernels.applies(x):
-                return _CbamNode.apply(x, self, *params)
         if self.channel is not None:
             x = self.channel(x)
         if self.spatial is not None:
             x = x * self.spatial_map(x)
         return x
-
-
-class _CbamNode(torch.autograd.Function):
-    """CBAM in training on contiguous float32 CPU tensors, through the compiled kernels of
-    :mod:`attnseg.attention._kernels`: ``y = (x·t)·s`` with the intermediate ``x·t`` never
-    formed. Forward: one read of ``x`` for the channel part's mean/max, one for the spatial
-    part's channel mean/max of ``x·t``, one pass for ``y``; backward: three passes. The small
-    networks (the shared MLP on ``(B, C)``, the ``k×k`` convolution on the ``(B, 2, *spatial)``
-    pooled maps) are recorded with autograd in the forward and back-propagated in the
-    backward. The max pools send their gradient to the first maximum (as ``torch.max``).
-    ``apply(x, module, *channel_params, *spatial_params)``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, m: CBAM, *params: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        x3 = x.view(b, c, -1)
-        avg, mx, amx = _kernels.row_mean_max(x3)
-        with torch.enable_grad():
-            avg.requires_grad_()
-            mx.requires_grad_()
-            t = torch.sigmoid(m.channel.mlp(avg) + m.channel.mlp(mx))  # (B, C)
-        td = t.detach().contiguous()
-        pm, pmax, pidx = _kernels.scaled_channel_stats(x3, td)
-        with torch.enable_grad():
-            pooled = torch.stack([pm, pmax], 1).view(b, 2, *x.shape[2:]).requires_grad_()
-            s = torch.sigmoid(m.spatial(pooled))  # (B, 1, *spatial)
-        sd = s.detach().reshape(b, -1).contiguous()
-        ctx.save_for_backward(x, td, sd, pidx, amx)
-        ctx.graphs = (avg, mx, t, pooled, s)
-        n_channel = len(list(m.channel.parameters()))
-        ctx.params = (params[:n_channel], params[n_channel:])
-        return _kernels.scale2(x3, td, sd).view(x.shape)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        x, td, sd, pidx, amx = ctx.saved_tensors
-        avg, mx, t, pooled, s = ctx.graphs
-        cparams, sparams = ctx.params
-        b, c = x.shape[:2]
-        out: dict[str, list[torch.Tensor | None]] = {}
-
-        def spatial_grads(ds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            (gpool,), out["s"] = graph_grads(s, ds.view_as(s), [pooled], sparams,
-                                             [p.requires_grad for p in sparams], retain=True)
-            gpool = gpool.reshape(b, 2, -1)
-            return gpool[:, 0], gpool[:, 1]
-
-        def channel_grads(dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            (gavg, gmax), out["c"] = graph_grads(t, dt, [avg, mx], cparams, [p.requires_grad for p in cparams],
-                                                 retain=True)
-            return gavg, gmax
-
-        gx = _kernels.cbam_backward(g.contiguous().view(b, c, -1), x.view(b, c, -1), td, sd, pidx, amx,
-                                    spatial_grads, channel_grads)
-        return (gx.view(x.shape) if ctx.needs_input_grad[0] else None, None, *out["c"], *out["s"])
 
 
 class EfficientChannelAttention(nn.Module):
@@ -131,7 +70,7 @@ class EfficientChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # pool → tiny net → rescale with the lean backward of attnseg.attention._fused
-        return pooled_scale(x, None, self._scale, list(self.parameters()))
+        return pooled_scale(x, None, self._scale)
 
 
 @register_attention("cbam", family="channel+spatial",

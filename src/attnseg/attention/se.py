@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import SEMlpTiny, eager, pooled_scale
+from attnseg.attention._fused import eager, pooled_scale
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -37,8 +37,7 @@ class ChannelSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pooling == "avg":
-            # lean two-pass backward (attnseg.attention._fused); plain ops when no gradient
-            return pooled_scale(x, None, self._avg_scale, list(self.parameters()), SEMlpTiny())
+            return pooled_scale(x, None, self._avg_scale)
         flat = x.flatten(2)
         if self.pooling == "max":
             logits = self.mlp(flat.max(-1).values)

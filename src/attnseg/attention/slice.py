@@ -45,13 +45,10 @@ from torch.nn import functional as F
 
 from attnseg.attention import register_attention
 from attnseg.attention._fused import (
-    ManualTiny,
     broadcast_shape,
     pooled_max,
     pooled_mean,
     pooled_scale,
-    se_mlp_backward,
-    se_mlp_forward,
     slice_layout,
 )
 from attnseg.blocks import check_spatial_dims
@@ -205,47 +202,6 @@ class SliceAttention(nn.Module):
         out = torch.baddbmm(self.fc2_bias.unsqueeze(1), h, self.fc2_weight.transpose(1, 2))
         return out.transpose(0, 1).contiguous()
 
-    @property
-    def has_manual_excite(self) -> bool:
-        """Whether :meth:`excite_manual` applies (not for a zero-width hidden layer)."""
-        return self.form == "adaptive" or self.hidden_slices > 0
-
-    def excite_manual(self, z: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, Any]:
-        """:meth:`excite` without autograd for :class:`ManualTiny`: ``(logits, saved)``;
-        ``params`` are this module's four parameters in registration order."""
-        w1, b1, w2, b2 = params
-        if self.form == "adaptive":
-            c = self.channels
-            h = _grouped_conv_taps(z.unsqueeze(2), w1.view(c, -1, 1, w1.shape[-1]), b1.view(c, -1)).relu_()
-            logits = _grouped_conv_taps(h, w2.view(c, 1, -1, w2.shape[-1]), b2.view(c, 1))
-            return logits.squeeze(2), (z, h)
-        self._check_slices(z)
-        zc = z.transpose(0, 1)  # (C, B, D): one matrix product per channel
-        h = torch.baddbmm(b1.unsqueeze(1), zc, w1.transpose(1, 2)).relu_()
-        return torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)).transpose(0, 1), (zc, h)
-
-    def excite_manual_backward(self, saved: Any, gl: torch.Tensor, want_z: bool, params: Sequence[torch.Tensor]
-                               ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """Gradients of :meth:`excite_manual` from ``dL/dlogits`` ``(B, C, D)``:
-        ``(dL/dz or None, [dL/dw1, dL/db1, dL/dw2, dL/db2])``."""
-        w1, b1, w2, b2 = params
-        if self.form == "adaptive":
-            z, h = saved
-            c = self.channels
-            v1, v2 = w1.view(c, -1, 1, w1.shape[-1]), w2.view(c, 1, -1, w2.shape[-1])
-            gh, gw2, gb2 = _grouped_conv_taps_backward(gl.unsqueeze(2), h, v2, True)
-            gh = torch.ops.aten.threshold_backward(gh, h, 0)
-            gz, gw1, gb1 = _grouped_conv_taps_backward(gh, z.unsqueeze(2), v1, want_z)
-            return (None if gz is None else gz.squeeze(2)), [gw1.view_as(w1), gb1.view_as(b1), gw2.view_as(w2),
-                                                             gb2.view_as(b2)]
-        zc, h = saved
-        glc = gl.transpose(0, 1)  # (C, B, D)
-        gw2, gb2 = torch.bmm(glc.transpose(1, 2), h), glc.sum(1)
-        gh = torch.ops.aten.threshold_backward(torch.bmm(glc, w2), h, 0)
-        gw1, gb1 = torch.bmm(gh.transpose(1, 2), zc), gh.sum(1)
-        gz = torch.bmm(gh, w1).transpose(0, 1) if want_z else None
-        return gz, [gw1, gb1, gw2, gb2]
-
     def weights(self, zavg: torch.Tensor, zmax: torch.Tensor | None = None) -> torch.Tensor:
         """Sigmoid slice weights ``s`` ``(B, C, D)`` from per-slice mean (and max) descriptors."""
         if zmax is None or self.reference_quirks:
@@ -267,70 +223,7 @@ class SliceAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.needs_max:
             return self.forward_with_weights(x)[0]
-        manual = _SliceTiny(self) if self.pooling == "avg" and self.has_manual_excite else None
-        return pooled_scale(x, self.slice_axis, self.weights, list(self.parameters()), manual)
-
-
-def _grouped_conv_taps(u: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Grouped 1D convolution along the last axis, stride 1, "same" zero padding, as a loop
-    over the ``k`` kernel taps (not over channels or slices): ``u`` ``(B, C, I, D)``, ``w``
-    ``(C, O, I, k)`` (odd ``k``), ``bias`` ``(C, O)`` → ``(B, C, O, D)``.
-
-    The same values as ``F.conv1d(..., groups=C)`` on the flattened channels; for the tiny
-    descriptors of slice attention (``B·C·I·D`` ~ 10⁴) these few fused multiply-adds (and
-    :func:`_grouped_conv_taps_backward`) beat PyTorch's grouped convolution forward and backward
-    on CPU (figures in docs/benchmarks.md).
-    """
-    k, d = w.shape[-1], u.shape[-1]
-    up = F.pad(u, (k // 2, k // 2)).unsqueeze(2)  # (B, C, 1, I, D + k - 1)
-    wt = w.unsqueeze(-1)  # (C, O, I, k, 1)
-    acc = up[..., 0:d] * wt[:, :, :, 0]
-    for t in range(1, k):
-        acc.addcmul_(up[..., t:t + d], wt[:, :, :, t])
-    out = acc.sum(3) if acc.shape[3] > 1 else acc.squeeze(3)  # over I
-    return out.add_(bias.unsqueeze(-1))
-
-
-def _grouped_conv_taps_backward(gout: torch.Tensor, u: torch.Tensor, w: torch.Tensor, want_input: bool
-                                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`_grouped_conv_taps` from ``gout`` ``(B, C, O, D)``:
-    ``(dL/du or None, dL/dw (C, O, I, k), dL/dbias (C, O))``."""
-    k, d = w.shape[-1], u.shape[-1]
-    up = F.pad(u, (k // 2, k // 2))  # (B, C, I, D + k - 1)
-    g5 = gout.unsqueeze(3)  # (B, C, O, 1, D)
-    # dL/dw[c, o, i, t] = Σ_{b, d} gout[b, c, o, d] · u_padded[b, c, i, d + t]
-    b, c, o, i = gout.shape[0], gout.shape[1], gout.shape[2], u.shape[2]
-    if i == 1:  # one batched product over (b, d) (2x faster here; with I > 1 the copy costs more)
-        windows = up.unfold(-1, d, 1).permute(1, 0, 4, 2, 3).reshape(c, b * d, k)  # (C, B·D, k)
-        gw = torch.bmm(gout.permute(1, 2, 0, 3).reshape(c, o, b * d), windows).view(c, o, 1, k)
-    else:
-        gw = torch.stack([(g5 * up[:, :, None, :, t:t + d]).sum((0, 4)) for t in range(k)], -1)
-    gin = None
-    if want_input:
-        # correlation with the flipped kernel: dL/du[d] = Σ_{o, t} gout[d + p - t] · w[o, t]
-        gp = F.pad(g5, (k // 2, k // 2))  # (B, C, O, 1, D + k - 1)
-        wt = w.unsqueeze(-1)  # (C, O, I, k, 1)
-        acc = gp[..., k - 1:k - 1 + d] * wt[:, :, :, 0]
-        for t in range(1, k):
-            acc.addcmul_(gp[..., k - 1 - t:k - 1 - t + d], wt[:, :, :, t])
-        gin = acc.sum(2) if acc.shape[2] > 1 else acc.squeeze(2)  # over O
-    return gin, gw, gout.sum((0, 3))
-
-
-class _SliceTiny(ManualTiny):
-    """Slice attention's ``z → sigmoid(excite(z))`` with a hand-written backward."""
-
-    def __init__(self, module: SliceAttention) -> None:
-        self.m = module
-
-    def forward(self, z, params):
-        logits, saved = self.m.excite_manual(z, params)
-        s = torch.sigmoid(logits)
-        return s, (saved, s)
-
-    def backward(self, saved, ga, want_z, params):
-        excite_saved, s = saved
-        return self.m.excite_manual_backward(excite_saved, torch.ops.aten.sigmoid_backward(ga, s), want_z, params)
+        return pooled_scale(x, self.slice_axis, self.weights)
 
 
 class KeySliceSelection(nn.Module):
@@ -408,7 +301,7 @@ class KeySliceChannelAttention(nn.Module):
                 m = torch.ones_like(z, dtype=torch.bool) if mask is None else mask
                 return self.weights(z, None, m).unsqueeze(-1).expand_as(z)
 
-            return pooled_scale(x, self.slice_axis, scale, list(self.parameters()))
+            return pooled_scale(x, self.slice_axis, scale)
         zavg, zmax = _slice_stats(x, self.slice_axis, True)
         if mask is None:
             mask = torch.ones_like(zavg, dtype=torch.bool)
@@ -484,32 +377,7 @@ class ProgressiveAttention(nn.Module):
         if self.needs_max:
             zavg, zmax = _slice_stats(x, self.slice_axis, True)
             return _apply_slice_scale(x, self._combined(zavg, zmax), self.slice_axis)
-        manual = _PamTiny(self) if self.channel.detach_descriptor and self.slice.has_manual_excite else None
-        return pooled_scale(x, self.slice_axis, self._combined, list(self.parameters()), manual)
-
-
-class _PamTiny(ManualTiny):
-    """PAM's ``z → s ⊗ t`` (average pooling, detached channel descriptor, as the reference)
-    with a hand-written backward; ``params``: the slice module's four, then ``fc1.weight``,
-    ``fc1.bias``, ``fc2.weight``, ``fc2.bias`` of the channel part."""
-
-    def __init__(self, module: ProgressiveAttention) -> None:
-        self.m = module
-
-    def forward(self, z, params):
-        logits, excite_saved = self.m.slice.excite_manual(z, params[:4])
-        s = logits.contiguous().sigmoid_()  # (B, C, D) in z's layout: the ops below mix them
-        desc = self.m.channel.descriptor(z, None, key_slice_mask(s), s)[0]  # key-slice mean of x·s, (B, C)
-        t, h2 = se_mlp_forward(desc, *params[4:])
-        return s * t.unsqueeze(-1), (excite_saved, s, t, h2, desc)
-
-    def backward(self, saved, ga, want_z, params):
-        excite_saved, s, t, h2, desc = saved
-        gl = torch.ops.aten.sigmoid_backward(ga * t.unsqueeze(-1), s)
-        gz, grads = self.m.slice.excite_manual_backward(excite_saved, gl, want_z, params[:4])
-        # channel part: the descriptor is detached, so only the FC parameters get gradients
-        _, fc_grads = se_mlp_backward((ga * s).sum(-1), desc, h2, t, params[4], params[6], False)
-        return gz, grads + fc_grads
+        return pooled_scale(x, self.slice_axis, self._combined)
 
 
 # ----------------------------------------------------------------------------------------
