@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -70,6 +71,8 @@ def test_train_logs_and_metrics_use_label_names(journey):
     assert {"val_dice_oedema", "val_dice_core"} <= set(cols)
     assert not any(re.fullmatch(r"val_dice_(\d+|ET|TC|WT)", c) for c in cols)  # no BraTS regions, no numbers
     assert "val_dice_oedema" in (run / "log.txt").read_text()
+    with open(run / "metrics.csv") as fh:  # background-only patches once gave PAM a 0/0 (NaN loss)
+        assert all(np.isfinite(float(r["train_loss"])) for r in csv.DictReader(fh))
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["task"]["kind"] == "classes" and ck["task"]["label_names"] == {1: "oedema", 2: "core"}
     assert ck["model_kwargs"]["attention"] == "pam-adaptive"
@@ -289,3 +292,19 @@ def test_item9_ctrl_c_prints_the_resume_command(journey, tmp_path):
     res = subprocess.run([sys.executable, "-m", "attnseg", "train", "--resume", cmd.group(1),
                           "--set", "train.stop_after_epochs=1"], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0 and "resumed from epoch" in res.stdout, res.stderr
+
+
+def test_pam_key_slices_of_equal_weights_are_never_empty():
+    """Equal slice weights: the rounded mean of the softmax can exceed every entry; the largest
+    slice must stay selected (an empty selection made PAM's descriptor 0/0 on background patches)."""
+    from attnseg.attention import create_attention
+    from attnseg.attention.slice import key_slice_mask
+
+    w = torch.full((2, 32, 10), 0.37)  # 10 equal slices: the old "p >= mean" selected none
+    assert key_slice_mask(w).any(-1).all()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x = torch.zeros(2, 32, 14, 14, 14, requires_grad=True)
+        y = create_attention("pam-adaptive", channels=32, spatial_dims=3)(x)
+        y.sum().backward()
+        assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
