@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "pam-adaptive": ({}, ()),
     "slice": ({}, ()),
     "ksca": ({}, ()),
-    "stn": ({}, ("numba",)),
+    "stn": ({}, ("numba",)),  # 3D trilinear kernels removed (+9 %); the 2D bilinear backward remains
     "dual": ({}, ("fused",)),
 }
 SHAPES = {"3d": (1, 4, (64, 64, 64)), "2d": (2, 4, (128, 128))}

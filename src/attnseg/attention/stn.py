@@ -27,35 +27,6 @@ def affine_grid(theta: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch
     return grid.reshape(theta.shape[0], *size, n)
 
 
-class _Trilinear(torch.autograd.Function):
-    """3D ``grid_sample`` (trilinear, zero padding, ``align_corners=False``) through the
-    compiled kernels of :mod:`attnseg.attention._kernels`: the input is made channels-last so
-    that each of the eight corner reads (and, in the backward, scatter-adds) is one contiguous
-    row of ``C`` values. PyTorch's CPU 3D sampler is a scalar loop that reads the ``C``
-    channels of a corner at a stride of ``D·H·W`` elements (slower forward and backward;
-    ``benchmarks/attention.py``, figures in docs/benchmarks.md)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        xc = _kernels.transpose_last2(x.reshape(b, c, -1)).view(b, *x.shape[2:], c)  # channels-last copy
-        g = grid.reshape(b, -1, 3).contiguous()
-        out = _kernels.trilinear_forward(xc, g)  # (B, N, C)
-        ctx.save_for_backward(xc, g)
-        ctx.shapes = (x.shape, grid.shape)
-        return _kernels.transpose_last2(out).view(b, c, *grid.shape[1:4])
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor):
-        xc, g = ctx.saved_tensors
-        xshape, gshape = ctx.shapes
-        b, c = xshape[:2]
-        gout = _kernels.transpose_last2(gy.reshape(b, c, -1).contiguous())  # (B, N, C)
-        gxc, ggrid = _kernels.trilinear_backward(xc, g, gout, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        gx = None if gxc is None else _kernels.transpose_last2(gxc.view(b, -1, c)).view(xshape)
-        return gx, (None if ggrid is None else ggrid.view(gshape))
-
-
 class _Bilinear(torch.autograd.Function):
     """2D ``grid_sample`` (bilinear, zero padding, ``align_corners=False``): PyTorch's own
     (vectorised) forward, and a compiled backward (:mod:`attnseg.attention._kernels`) that
@@ -84,10 +55,8 @@ def grid_sample_2d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
-    for 5-D inputs; contiguous float32 CPU tensors take the compiled kernels (same values up to
-    float rounding), everything else (and tracing/export) PyTorch's own."""
-    if eager() and _kernels.applies(x, grid):
-        return _Trilinear.apply(x, grid)
+    for 5-D inputs (PyTorch's own: compiled trilinear kernels were removed on 2026-12-03, a whole
+    U-Net training step was +9 % faster with them, under the 10 % bar; docs/benchmarks.md)."""
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
