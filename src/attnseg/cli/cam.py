@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {plot_slice_weights(res, Path(args.out) / 'slice_weights.png')}")
         return 0
     if args.list_layers:
-        from attnseg.train.checkpoint import build_model_from_checkpoint
+        from attnseg.models.checkpoint import build_model_from_checkpoint
 
         model, _ = build_model_from_checkpoint(args.checkpoint)
         for name in candidate_layers(model):

@@ -112,7 +112,7 @@ def _model_width_keys(model_name: str) -> tuple[str | None, str | None]:
 
 def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """The raw (unresolved) config dict for ``args`` and the resume target."""
-    from attnseg.train.checkpoint import load_checkpoint
+    from attnseg.runtime.checkpoint import load_checkpoint
     from attnseg.train.config import apply_overrides, load_yaml, set_by_path
 
     resume = args.resume

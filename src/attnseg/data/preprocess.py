@@ -212,3 +212,14 @@ def restore_prediction(pred: np.ndarray | torch.Tensor, meta: Mapping[str, Any],
     out = np.full((q.shape[0], *meta["original_shape"]), fill, dtype=q.dtype)
     out[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))] = q
     return out[0] if is_label else out
+
+
+def preprocess_config(cfg: dict[str, Any] | None) -> PreprocessConfig:
+    """``data.preprocess`` config section → :class:`attnseg.data.preprocess.PreprocessConfig`."""
+    cfg = dict(cfg or {})
+    if cfg.get("target_spacing") is not None:
+        cfg["target_spacing"] = tuple(float(s) for s in cfg["target_spacing"])
+    try:
+        return PreprocessConfig(**cfg)
+    except TypeError as exc:
+        raise ValueError(f"data.preprocess: {exc}") from exc

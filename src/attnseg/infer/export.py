@@ -340,7 +340,7 @@ def export_checkpoint(checkpoint: str | os.PathLike | dict[str, Any], fmt: str =
     deployment knows how to turn logits into labels; TorchScript stores the same JSON as the
     extra file ``attnseg.json``.
     """
-    from attnseg.train.checkpoint import build_model_from_checkpoint
+    from attnseg.models.checkpoint import build_model_from_checkpoint
 
     model, ckpt = build_model_from_checkpoint(checkpoint)
     if out is None:

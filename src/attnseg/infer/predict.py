@@ -97,7 +97,8 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     ``slice_axis`` overrides the axis (``"all"``: average of the three orthogonal directions),
     ``slice_batch`` slices go through the network at once; ``roi_size`` is then in-plane.
     """
-    from attnseg.train.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from attnseg.models.checkpoint import build_model_from_checkpoint
+    from attnseg.runtime.checkpoint import load_checkpoint
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

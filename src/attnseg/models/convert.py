@@ -10,7 +10,7 @@ It receives the loaded checkpoint object (a dict of tensors and plain containers
 names) and model keyword overrides, and returns a :class:`ConvertedCheckpoint` (registered
 model name, its keyword arguments, and a state dict in attnseg names that loads strictly).
 :func:`convert_checkpoint` runs one and writes an attnseg checkpoint (see
-:mod:`attnseg.train.checkpoint`) atomically; :func:`load_reference_checkpoint` returns the model.
+:mod:`attnseg.runtime.checkpoint`) atomically; :func:`load_reference_checkpoint` returns the model.
 
 Converters defined here: ``panet-reference`` (checkpoints of the Prior Attention Network
 reference code, hsiangyuzhao/PANet: a dict whose ``net`` entry is the state dict).
@@ -74,7 +74,7 @@ def get_converter(name: str) -> ConverterFn:
 def _load_source(src: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(src, Mapping):
         return dict(src), "<dict>"
-    from attnseg.train.checkpoint import load_checkpoint
+    from attnseg.runtime.checkpoint import load_checkpoint
 
     return load_checkpoint(src), str(src)
 
@@ -101,7 +101,8 @@ def convert_checkpoint(source_name: str, in_path: str | os.PathLike, out_path: s
     ``{"model", "model_name", "model_kwargs", "attnseg_version", "format", "source"}`` to
     ``out_path`` atomically. The weights are verified by building the model and loading them
     strictly before anything is written."""
-    from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
+    from attnseg.models.checkpoint import model_checkpoint
+    from attnseg.runtime.checkpoint import save_checkpoint
 
     result = convert(source_name, in_path, arch, **model_kwargs)
     result.build()  # strict load: fail before writing anything

@@ -139,9 +139,8 @@ def cam_for_case(checkpoint: str | os.PathLike, case: str | os.PathLike, out_dir
     clear message for a bad case, class or layer.
     """
     from attnseg.attention.cam import class_activation_maps, grad_cam, save_cam_overlays
-    from attnseg.data.preprocess import preprocess_case
-    from attnseg.train.checkpoint import build_model_from_checkpoint
-    from attnseg.train.data import preprocess_config
+    from attnseg.data.preprocess import preprocess_case, preprocess_config
+    from attnseg.models.checkpoint import build_model_from_checkpoint
 
     if method not in ("gradcam", "cam"):
         raise ValueError(f"method must be gradcam or cam, got {method!r}")

@@ -296,7 +296,7 @@ def _count_params(checkpoint: Path | None) -> int | None:
         return None
     try:
         from attnseg.models import count_parameters
-        from attnseg.train.checkpoint import build_model_from_checkpoint
+        from attnseg.models.checkpoint import build_model_from_checkpoint
 
         model, _ = build_model_from_checkpoint(checkpoint)
         return count_parameters(model)

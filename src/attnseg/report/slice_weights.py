@@ -123,10 +123,9 @@ def case_slice_weights(checkpoint: str | os.PathLike, case: str | os.PathLike,
     foreground): by default the whole slice axis with the training patch size in-plane, falling
     back to the training patch (a fixed-form slice attention is bound to its slice count);
     ``roi_size`` sets it. Raises ``ValueError`` when the model has no slice attention."""
-    from attnseg.data.preprocess import preprocess_case
+    from attnseg.data.preprocess import preprocess_case, preprocess_config
+    from attnseg.models.checkpoint import build_model_from_checkpoint
     from attnseg.report.cam import _read_case, _roi
-    from attnseg.train.checkpoint import build_model_from_checkpoint
-    from attnseg.train.data import preprocess_config
 
     model, ckpt = build_model_from_checkpoint(checkpoint)
     if not slice_attention_sites(model):
@@ -262,7 +261,7 @@ def report_slice_weights(checkpoint: Path | None, data_dir: Path | None, case_id
     if checkpoint is None or data_dir is None:
         return None
     from attnseg.data.readers import find_cases
-    from attnseg.train.checkpoint import build_model_from_checkpoint
+    from attnseg.models.checkpoint import build_model_from_checkpoint
 
     model, _ = build_model_from_checkpoint(checkpoint)
     if not slice_attention_sites(model):

@@ -345,8 +345,8 @@ def has_slice_attention(checkpoint: Path | None) -> bool:
     """Whether the checkpoint's model has slice attention (PAM, slice): its profile goes next to the viewer."""
     if checkpoint is None:
         return False
+    from attnseg.models.checkpoint import build_model_from_checkpoint
     from attnseg.report.slice_weights import slice_attention_sites
-    from attnseg.train.checkpoint import build_model_from_checkpoint
 
     model, _ = build_model_from_checkpoint(checkpoint)
     return bool(slice_attention_sites(model))

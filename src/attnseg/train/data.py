@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from attnseg.data.preprocess import preprocess_config  # noqa: F401 (old import path)
+
 if TYPE_CHECKING:
     from attnseg.data.augment import AugmentConfig
     from attnseg.data.dataset import PatchDataset
-    from attnseg.data.preprocess import PreprocessConfig
 
 
 @dataclass
@@ -36,19 +37,6 @@ class Volume:
     image: np.ndarray
     label: np.ndarray | None
     spacing: tuple[float, ...] | None = None
-
-
-def preprocess_config(cfg: dict[str, Any] | None) -> PreprocessConfig:
-    """``data.preprocess`` config section → :class:`attnseg.data.preprocess.PreprocessConfig`."""
-    from attnseg.data.preprocess import PreprocessConfig
-
-    cfg = dict(cfg or {})
-    if cfg.get("target_spacing") is not None:
-        cfg["target_spacing"] = tuple(float(s) for s in cfg["target_spacing"])
-    try:
-        return PreprocessConfig(**cfg)
-    except TypeError as exc:
-        raise ValueError(f"data.preprocess: {exc}") from exc
 
 
 def cached_volume(case: Any) -> Volume:
