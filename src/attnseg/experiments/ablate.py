@@ -383,6 +383,7 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
                   "## What the data support", ""]
         for c in forest:
             lines.append(f"- **{c['backbone']} + {c['attention']}**: {verdict_sentence(c)}")
+        lines.append("")
     return lines
 
 
@@ -394,4 +395,7 @@ def verdict_sentence(c: dict[str, Any]) -> str:
         return f"better than without attention ({nums})."
     if c["verdict"] == "worse":
         return f"worse than without attention ({nums})."
+    if c["p_holm"] < 0.05:  # consistent over cases, but not beyond what another set of seeds could give
+        return (f"no detectable difference beyond seed-to-seed variation: the seed-averaged scores differ "
+                f"consistently over cases, but the CI that also resamples the seeds includes 0 ({nums}).")
     return f"no detectable difference from the backbone without attention ({nums})."
