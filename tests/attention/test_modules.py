@@ -99,7 +99,7 @@ def test_onnx_matches_torch(name, dims, tmp_path):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_works_through_the_plugin(name):
-    from attnseg.blocks import AttentionPlugin
+    from attnseg.attention.plugin import AttentionPlugin
 
     entry = get_attention(name)
     at = ("skip",) if entry.tags.get("gated") else ("encoder",)

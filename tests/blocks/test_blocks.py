@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from attnseg import blocks
-from attnseg.blocks import AttentionPlugin, BottleneckUnit, ConvNormAct, ResidualUnit, Upsample
+from attnseg.attention.plugin import AttentionPlugin
+from attnseg.blocks import BottleneckUnit, ConvNormAct, ResidualUnit, Upsample
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -1,4 +1,5 @@
-"""The attention plug-in mechanism shared by every backbone.
+"""The attention plug-in mechanism shared by every backbone (it looks modules up in the
+attention registry, so it lives here, above :mod:`attnseg.blocks`).
 
 A backbone takes ``attention="name"``, ``attention_kwargs={...}`` and
 ``attention_at=("encoder", "decoder", "skip", "bottleneck")``, builds one
@@ -25,6 +26,8 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from attnseg.attention import get_attention
 
 SITES: tuple[str, ...] = ("encoder", "decoder", "skip", "bottleneck")
 
@@ -77,8 +80,6 @@ class AttentionPlugin:
             kwargs_list = [dict(attention_kwargs or {}) for _ in names]
         self.names, self.kwargs_list, self.at = names, kwargs_list, at
         self.name = "+".join(names) if names else None
-        from attnseg.attention import get_attention
-
         self.entries = [get_attention(n) for n in names]  # fails early on an unknown name
         self.gated = [bool(e.tags.get("gated", False)) for e in self.entries]
         if any(self.gated) and len(names) > 1:

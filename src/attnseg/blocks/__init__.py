@@ -1,5 +1,5 @@
 """Dimension-agnostic building blocks: layer factories, conv units, residual units,
-upsampling and the attention plug-in mechanism."""
+upsampling (the attention plug-in is :mod:`attnseg.attention.plugin`)."""
 
 from attnseg.blocks.factories import (
     act,
@@ -14,14 +14,10 @@ from attnseg.blocks.factories import (
     same_padding,
     split_spec,
 )
-from attnseg.blocks.plugin import SITES, AttentionPlugin, AttentionSite
 from attnseg.blocks.units import BottleneckUnit, ConvNormAct, ResidualUnit, Upsample
 from attnseg.blocks.utils import check_divisible, pad_to_multiple
 
 __all__ = [
-    "SITES",
-    "AttentionPlugin",
-    "AttentionSite",
     "BottleneckUnit",
     "ConvNormAct",
     "ResidualUnit",

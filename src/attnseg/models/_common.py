@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnseg.blocks import AttentionPlugin, AttentionSite, ConvNormAct, ResidualUnit, check_divisible, resize
+from attnseg.attention.plugin import AttentionPlugin, AttentionSite
+from attnseg.blocks import ConvNormAct, ResidualUnit, check_divisible, resize
 from attnseg.blocks.factories import LayerSpec
 from attnseg.blocks.factories import act as make_act
 

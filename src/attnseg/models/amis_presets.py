@@ -3,7 +3,7 @@
 
 Every preset is the generic backbone with the reference's layer grammar — conv (with bias) →
 PReLU (one slope per channel) → instance norm (affine), order ``"can"`` — its widths, and its
-attention placed through :class:`attnseg.blocks.AttentionPlugin`:
+attention placed through :class:`attnseg.attention.plugin.AttentionPlugin`:
 
 =============  ========  ==================================================  ===========
 preset         backbone  attention (sites)                                   upsampling

@@ -36,8 +36,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from attnseg.attention.plugin import AttentionPlugin
 from attnseg.blocks import (
-    AttentionPlugin,
     BottleneckUnit,
     ConvNormAct,
     ResidualUnit,
