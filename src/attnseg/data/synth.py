@@ -79,7 +79,7 @@ def template_dir() -> Path:
 
 class _threads:
     """Run torch ops single-threaded inside the block: these element-wise ops on ~1 M voxels are
-    memory-bound, and with several threads on a shared 2-core machine they run >10× slower."""
+    memory-bound, and with several threads on a shared 2-core machine they run much slower."""
 
     def __init__(self, n: int = 1):
         self.n = n

@@ -1,42 +1,42 @@
 """CPU fast paths for 3D (and 2D) inference that keep fp32 results exact up to float rounding.
 
 Three things make a PyTorch 3D U-Net run well below what a CPU can do (measured with the
-profiler on torch 2.13, see docs/inference.md):
+profiler on torch 2.13; figures in docs/inference.md and docs/benchmarks.md):
 
 1. **Batch-1 convolutions on the slow im2col path.** PyTorch picks oneDNN (``mkldnn_convolution``)
    for a CPU float conv only if ``N*C*D*H > 20480`` (or batch > 1, or grouped / large kernels);
-   otherwise it runs ``slow_conv3d`` (im2col + GEMM), 3-12x slower. Batch-1 windows hit this
+   otherwise it runs ``slow_conv3d`` (im2col + GEMM), much slower. Batch-1 windows hit this
    on the first layer of a 4-channel input at 64^3 and on every deep level (e.g. 64 channels
    at 16^3). :func:`prepare_model` swaps ``Conv{2,3}d`` modules to subclasses that call oneDNN
    directly (same weights, same state dict, same maths). Transposed convolutions with
    kernel == stride (U-Net up-sampling) have the same problem (``slow_conv_transpose3d``);
    they become one matmul plus a voxel shuffle. ``InstanceNorm`` without running statistics
-   is computed with the group-norm kernel (one group per channel), ~2-5x faster on CPU
+   is computed with the group-norm kernel (one group per channel), faster on CPU
    (channels-last inputs are normalised through a channels-first copy: PyTorch's channels-last
    group-norm kernel is inaccurate on large maps).
 2. **Memory format.** oneDNN is fastest with channels-last activations, and transposed 3D
-   convolutions are ~5x faster in channels-last (``channels_last_3d``); the model's weights and
+   convolutions are faster in channels-last (``channels_last_3d``); the model's weights and
    the inputs are converted once.
 3. **malloc churn.** glibc serves allocations above ``M_MMAP_THRESHOLD`` (at most 32 MiB) with
    ``mmap`` and returns them with ``munmap`` on free, so every window re-faults hundreds of MB of
    activations (kernel time). :func:`tune_malloc` uses ``mallopt`` to serve large blocks from
    the heap and keep freed memory (no mmap, high trim threshold), in-process, without re-exec.
 
-``enable_cpu_fastpaths()`` applies the process-wide part (3); ``prepare_model`` / ``prepare_input``
+``enable_cpu_fastpaths()`` (:mod:`attnseg.runtime.cpu`, re-exported here) applies the process-wide
+part (3) when the CLI or the trainer opts in; ``prepare_model`` / ``prepare_input``
 the per-model part (1, 2).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import sys
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# process-wide settings live in runtime.cpu (re-exported here under their first import path)
+from attnseg.runtime.cpu import enable_cpu_fastpaths, ensure_malloc_env, tune_malloc
 
 __all__ = [
     "GroupNormInstanceNorm2d",
@@ -54,63 +54,9 @@ __all__ = [
     "unprepare_model",
 ]
 
-# mallopt parameter numbers from glibc's <malloc.h>
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_M_MMAP_MAX = -4
-
 _STATE: dict[str, Any] = {}
 # looked up at call time so that tests can observe the routing
 _mkldnn_conv = torch.ops.aten.mkldnn_convolution
-
-
-def tune_malloc(trim_threshold: int = 1 << 30, disable_mmap: bool = True) -> bool:
-    """Ask glibc to keep large freed blocks for reuse instead of returning them to the kernel.
-
-    ``M_MMAP_MAX = 0`` serves every block from the heap (the mmap threshold itself cannot be
-    raised above 32 MiB, smaller than one activation map of a 128^3 window) and
-    ``M_TRIM_THRESHOLD = trim_threshold`` keeps up to that many free bytes at the heap top.
-    Returns False where glibc's ``mallopt`` is unavailable (musl, macOS, Windows): nothing changes.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    ok = mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1
-    if disable_mmap:
-        ok = mallopt(_M_MMAP_MAX, 0) == 1 and ok
-    _STATE["malloc"] = ok
-    return ok
-
-
-def ensure_malloc_env(env: dict[str, str] | None = None) -> None:
-    """Re-execute the current process once with glibc malloc environment variables set.
-
-    Alternative to :func:`tune_malloc` for code that must set the thresholds before the
-    interpreter allocates anything. Does nothing if the variables are already set (so it
-    cannot loop) or when ``ATTNSEG_NO_REEXEC`` is set.
-    """
-    env = env or {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-    if os.environ.get("ATTNSEG_NO_REEXEC") or all(os.environ.get(k) == v for k, v in env.items()):
-        return
-    new_env = {**os.environ, **env}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], new_env)
-
-
-def enable_cpu_fastpaths(malloc: bool = True) -> dict[str, Any]:
-    """Process-wide CPU settings for inference/training; returns what was applied."""
-    applied = {"malloc": tune_malloc() if malloc else False,
-               "mkldnn": torch.backends.mkldnn.is_available(),
-               "threads": torch.get_num_threads()}
-    _STATE.update(applied)
-    return applied
 
 
 def onednn_bf16_supported() -> bool:

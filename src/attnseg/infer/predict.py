@@ -82,14 +82,15 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
                    device: str = "cpu", roi_size: Sequence[int] | int | None = None, overlap: float = 0.5,
                    sw_batch_size: int = 1, tta: bool = False, precision: str = "fp32", blend: str = "gaussian",
                    postprocess_config: PostprocessConfig | None = None, fastpath: bool = True,
-                   malloc_tuning: bool = True, slice_axis: int | str | None = None,
+                   malloc_tuning: bool = False, slice_axis: int | str | None = None,
                    slice_batch: int = 16, compile: bool = False) -> Predictor:
     """Load an attnseg checkpoint, or a reference checkpoint through the converter registry.
 
     ``source``: converter name (``panet-reference``, ``amis-reference``); by default attnseg
     checkpoints are recognised by their ``format`` key, a dict with ``net`` is taken for a PANet
     reference checkpoint and a bare state dict for an AMIS one (``arch`` names the preset).
-    ``malloc_tuning``: keep large freed blocks in the heap (less kernel time, more peak memory).
+    ``malloc_tuning``: keep large freed blocks in the heap (less kernel time, more peak memory); a
+    process-wide setting, so off unless the caller opts in (`attnseg predict` does).
     ``compile``: the network through ``torch.compile`` (inductor with freezing), compiled once
     per window shape (3-D models; see :class:`SlidingWindowInferer`).
     A 2-D model segments 3-D volumes slice by slice (:mod:`attnseg.infer.slicewise`) along the

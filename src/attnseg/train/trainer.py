@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attnseg.infer import fastpath
 from attnseg.report.figures import plot_loss, plot_validation
+from attnseg.runtime.cpu import enable_cpu_fastpaths
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
 from attnseg.runtime.optional import MissingExtraError, require
@@ -339,7 +341,7 @@ def _run(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: str | os.
     _seed_everything(int(cfg["seed"]))
     fast = bool(tr["fastpath"]) and device.type == "cpu"
     if fast:
-        _fastpath().enable_cpu_fastpaths()
+        enable_cpu_fastpaths()  # process-wide: the trainer opts in (train.fastpath)
     run_dir = Path(cfg["output_dir"]) / cfg["name"]
     new_folder = not run_dir.exists()
     # one training process (rank 0) per run folder: a second is refused with the first's pid and host
@@ -390,12 +392,6 @@ def _run_locked(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: st
         folder.close()
 
 
-def _fastpath():
-    from attnseg.infer import fastpath
-
-    return fastpath
-
-
 def _spatial_dims(model: nn.Module) -> int:
     return 3 if any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules()) else 2
 
@@ -431,7 +427,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     model = create_model(cfg["model"]["name"], **model_kwargs(cfg)).to(device)
     compiled = _compile_wanted(tr.get("compile", "auto"), device)
     if fast and not compiled:  # torch.compile picks its own kernels from the plain modules
-        model = _fastpath().prepare_model(model, _spatial_dims(model))
+        model = fastpath.prepare_model(model, _spatial_dims(model))
     raw = model
     ds = cfg["loss"]["deep_supervision"]
     if ds["enabled"] and ds.get("mode") == "downsample_target":
@@ -449,7 +445,7 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
     optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
     schedule = build_schedule(optimizer, tr["schedule"], iters, epochs)
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and dd.main and \
-            not _fastpath().onednn_bf16_supported():
+            not fastpath.onednn_bf16_supported():
         LOG.warning("bf16 autocast on a CPU without native bf16 convolutions (no AVX-512 BF16/AMX): "
                     "it is emulated and slower than fp32")
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -665,7 +661,7 @@ def _forward_loss(model: nn.Module, criterion: nn.Module, batch: dict[str, torch
     x = batch["image"].to(device, non_blocking=True)
     lab = batch["label"].to(device, non_blocking=True)
     if fast:
-        x = _fastpath().prepare_input(x)
+        x = fastpath.prepare_input(x)
     ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     with ctx:
         outputs = _as_dict(model(x))
@@ -804,7 +800,7 @@ def _validate_patches(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, A
             x = batch["image"].to(device)
             lab = batch["label"].to(device).long()
             if fast:
-                x = _fastpath().prepare_input(x)
+                x = fastpath.prepare_input(x)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = _as_dict(model(x))["out"].float()
             if kind == "brats-regions":
