@@ -20,10 +20,8 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from _datasets import make_msd, make_nnunet  # noqa: E402
-
 from attnseg.cli.main import main  # noqa: E402
+from helpers.datasets import make_msd, make_nnunet
 
 NAMES = {"oedema", "core"}
 

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import make_msd, make_nnunet, tiny_case  # noqa: E402
 
 from attnseg.data.plan import (  # noqa: E402
     estimate_training_bytes,
@@ -20,6 +14,7 @@ from attnseg.data.plan import (  # noqa: E402
 )
 from attnseg.data.preprocess import zscore  # noqa: E402
 from attnseg.data.readers import find_cases, label_names_from_json, load_case  # noqa: E402
+from helpers.datasets import make_msd, make_nnunet, tiny_case
 
 
 def _fp(spacings, shapes, channels=("T2",), modalities=("MR",), rel=0.5) -> dict:

@@ -5,7 +5,6 @@ trained on as it is."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,9 +14,7 @@ from attnseg.cli.main import main
 from attnseg.data.cache import CaseCache
 from attnseg.data.preprocess import PreprocessConfig
 from attnseg.data.readers import Case
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _util import train_config, write_brats  # noqa: E402
+from helpers.faults import train_config, write_brats
 
 
 def test_truncated_altered_or_metadata_less_cache_entries_are_rebuilt_before_training(tmp_path):

@@ -4,9 +4,6 @@ loader; paths in a manifest are resolved and reported when missing."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import torch
@@ -15,9 +12,7 @@ from attnseg.cli.main import main
 from attnseg.models import create_model
 from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
 from attnseg.train.config import resolve_config
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _util import PRELUDE, UNET, make_checkpoint, run_script, tiny_config, write_cases  # noqa: E402
+from helpers.faults import PRELUDE, UNET, make_checkpoint, run_script, tiny_config, write_cases
 
 # registers "evil-unet" and leaves a marker file: proof that the module was imported
 EVIL = '''

@@ -14,9 +14,7 @@ from pathlib import Path
 
 from attnseg.cli.main import main
 from attnseg.train.checkpoint import load_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _util import PRELUDE, make_checkpoint, train_config, write_brats, write_cases, write_plugin  # noqa: E402
+from helpers.faults import PRELUDE, make_checkpoint, train_config, write_brats, write_cases, write_plugin
 
 
 def _start(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

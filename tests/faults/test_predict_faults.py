@@ -5,16 +5,13 @@ must redo exactly the unfinished cases and give the uninterrupted run's labels."
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from attnseg.cli.main import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _util import PRELUDE, labels, make_checkpoint, run_script, write_cases  # noqa: E402
+from helpers.faults import PRELUDE, labels, make_checkpoint, run_script, write_cases
 
 
 @pytest.fixture(scope="module")

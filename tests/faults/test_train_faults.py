@@ -6,7 +6,6 @@ each ends in one message and a run folder that ``--resume`` continues from."""
 from __future__ import annotations
 
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import torch
 
 from attnseg.cli.main import main
 from attnseg.train.checkpoint import load_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _util import PRELUDE, run_script, train_config, weights, write_brats, write_plugin  # noqa: E402
+from helpers.faults import PRELUDE, run_script, train_config, weights, write_brats, write_plugin
 
 
 @pytest.fixture(scope="module")

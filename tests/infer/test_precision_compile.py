@@ -4,9 +4,6 @@ shape, first-call cost reported. One real inductor compilation (a tiny network):
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -29,11 +26,9 @@ def test_compiled_sliding_window_matches_eager_and_compiles_once_per_shape():
 
 
 def test_train_compile_config(tmp_path, monkeypatch, caplog):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from _tiny import tiny_config, tiny_volumes
-
     from attnseg.train.config import resolve_config
     from attnseg.train.trainer import run_training
+    from helpers.tiny import tiny_config, tiny_volumes
 
     with pytest.raises(ValueError, match="train.compile must be auto, true or false"):
         resolve_config(tiny_config(tmp_path, "x", train__compile="yes"))
@@ -59,12 +54,10 @@ def test_train_compile_config(tmp_path, monkeypatch, caplog):
 
 
 def test_predict_cli_compile_flag(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from _tiny import write_brats
-
     from attnseg.cli.main import main
     from attnseg.models import create_model
     from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
+    from helpers.tiny import write_brats
 
     kwargs = {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "features": (4, 8)}
     task = {"kind": "brats-regions", "num_classes": 4, "in_channels": 4, "channel_names": ["t1", "t1ce", "t2", "flair"],

@@ -224,12 +224,9 @@ def test_shipped_ablation_config_has_runnable_2d_rows():
 def test_25d_resume_is_exact(tmp_path):
     """Slice samples are a pure function of (seed, epoch, index): a stopped and resumed 2.5-D run
     ends with the weights of an uninterrupted one."""
-    import sys
 
     from attnseg.train.trainer import run_training
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _tiny import tiny_config, tiny_volumes
+    from helpers.tiny import tiny_config, tiny_volumes
 
     def cfg(name, **over):
         return tiny_config(tmp_path, name, data__patch_size=[16, 16], data__context=1, data__slice_axis="all",

@@ -1,6 +1,5 @@
 """`attnseg train` command line: reference aliases, overrides, shipped configs."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,9 +7,7 @@ import yaml
 
 from attnseg.cli.main import main
 from attnseg.train.config import load_yaml, resolve_config
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_config, write_brats  # noqa: E402
+from helpers.tiny import tiny_config, write_brats
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -9,9 +9,7 @@ import yaml
 
 from attnseg.train.checkpoint import load_checkpoint
 from attnseg.train.trainer import run_training
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_config, write_brats  # noqa: E402
+from helpers.tiny import tiny_config, write_brats
 
 
 def test_torchrun_two_ranks_equals_single_process(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,7 @@ from torch import nn
 
 from attnseg.train import distributed as D
 from attnseg.train.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_config, tiny_volumes  # noqa: E402
+from helpers.tiny import tiny_config, tiny_volumes
 
 # ----------------------------------------------------------------------------------------------
 # rank -> device

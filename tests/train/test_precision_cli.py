@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -23,9 +22,7 @@ from attnseg.cli.main import main
 from attnseg.infer import fastpath
 from attnseg.models import create_model
 from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_config, write_brats  # noqa: E402
+from helpers.tiny import tiny_config, write_brats
 
 
 def test_train_unet_scse_bf16_cli(tmp_path):

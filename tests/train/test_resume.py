@@ -9,9 +9,7 @@ import torch
 
 from attnseg.train.checkpoint import load_checkpoint
 from attnseg.train.trainer import run_training
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import tiny_config, tiny_volumes  # noqa: E402
+from helpers.tiny import tiny_config, tiny_volumes
 
 HERE = Path(__file__).parent
 
@@ -51,8 +49,8 @@ def test_resume_gives_identical_weights_lrs_and_history(tmp_path):
 _CRASH_SCRIPT = """
 import io, os, signal, sys
 import torch
-sys.path.insert(0, {here!r})
-from _tiny import tiny_config, tiny_volumes
+sys.path.insert(0, {tests!r})  # a separate interpreter: tests/ holds the helpers package
+from helpers.tiny import tiny_config, tiny_volumes
 # the second torch.save of this process writes half of the file, then the process is SIGKILLed
 _save, _calls = torch.save, [0]
 def _killing_save(obj, f, *a, **k):
@@ -74,7 +72,7 @@ run_training(cfg, resume=resume, volumes=(tiny_volumes(3, 0), tiny_volumes(1, 1)
 
 def test_sigkill_while_writing_checkpoint_keeps_previous_and_resume_continues(tmp_path):
     script = tmp_path / "crash.py"
-    script.write_text(_CRASH_SCRIPT.format(here=str(HERE), out=str(tmp_path)))
+    script.write_text(_CRASH_SCRIPT.format(tests=str(HERE.parent), out=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # save #1 = last.pt after epoch 1; save #2 (epoch 2) is killed half-way through the write
     proc = subprocess.run([sys.executable, str(script), "fresh"], env=env, capture_output=True, text=True,

@@ -76,8 +76,7 @@ from attnseg.cli.main import main
 # ----------------------------------------------------------------------------------------------
 # training through the CLI
 
-sys.path.insert(0, str(ROOT / "tests" / "train"))
-from _tiny import tiny_config, write_brats  # noqa: E402, F401 (write_brats re-exported)
+from helpers.tiny import tiny_config, write_brats  # noqa: E402, F401 (write_brats re-exported)
 
 # A plugin module (imported through model.imports) registering "faulty-unet": a U-Net whose
 # forward misbehaves as the FAULTPLUG environment variable says:
