@@ -1,7 +1,7 @@
 import numpy as np
-from conftest import affine_for, write
 
 from attnseg.cli.main import main
+from helpers.nifti import affine_for, write
 
 
 def test_check_ok_table(brats2020, capsys):

@@ -4,7 +4,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import affine_for, label_volume, write
 
 from attnseg.data.augment import AugmentConfig, extract_patch
 from attnseg.data.cache import CaseCache
@@ -12,6 +11,7 @@ from attnseg.data.dataset import PatchDataset, VolumeDataset, brats_regions_tens
 from attnseg.data.labels import brats_to_classes
 from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
 from attnseg.data.readers import find_cases, load_case
+from helpers.nifti import affine_for, label_volume, write
 
 
 @pytest.fixture

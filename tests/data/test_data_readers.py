@@ -6,11 +6,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_for, label_volume, make_brats, make_manifest, make_nnunet, make_paired, write
 
 from attnseg.data import DataError
 from attnseg.data.io import load_image, save_image
 from attnseg.data.readers import detect_layout, find_cases, load_case, validate_cases
+from helpers.nifti import affine_for, label_volume, make_brats, make_manifest, make_nnunet, make_paired, write
 
 
 def channel_means(image: np.ndarray) -> list[int]:
