@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -179,8 +180,6 @@ def save_cam_overlays(image: Any, cams: Any, out_dir: str | Path, class_names: S
     Returns:
         the written paths, ``{out_dir}/{prefix}_{name}.png``.
     """
-    import numpy as np
-
     plt = pyplot("CAM overlays")  # optional: the [report] extra
 
     img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)

@@ -13,7 +13,7 @@ a patch is a pure function of (volume, centre, generator state).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -262,6 +262,4 @@ def augment_intensity(img: torch.Tensor, rng: np.random.Generator, cfg: AugmentC
 
 def describe(cfg: AugmentConfig) -> dict[str, Any]:
     """Plain dict of the configuration (for logs/checkpoints)."""
-    from dataclasses import asdict
-
     return asdict(cfg)

@@ -21,15 +21,17 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from attnseg.data.errors import DataError
 from attnseg.data.preprocess import PreprocessConfig, preprocess_case
-from attnseg.data.readers import Case, load_case
+from attnseg.data.readers import Case, find_cases, load_case
 
 CACHE_VERSION = 2  # 2: meta.json records the size and checksums of every array file
 LOG = logging.getLogger("attnseg.data.cache")
@@ -123,7 +125,6 @@ class CaseCache:
     def __init__(self, cases: Sequence[Case] | str | os.PathLike, cache_dir: str | os.PathLike,
                  config: PreprocessConfig | None = None, fg_samples: int = 20000, **find_kw: Any):
         if isinstance(cases, (str, os.PathLike)):  # a dataset folder: find its cases (layout auto-detected)
-            from attnseg.data.readers import find_cases
 
             cases = find_cases(cases, **find_kw)
         if not cases:
@@ -232,15 +233,11 @@ class CaseCache:
             return []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         if workers > 1 and len(todo) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
             with ProcessPoolExecutor(workers) as ex:
                 list(ex.map(self.build, todo))
         else:
             it = todo
             if progress:
-                from tqdm import tqdm
-
                 it = tqdm(todo, desc="caching cases")
             for i in it:
                 self.build(i)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from attnseg.data.errors import DataError
@@ -48,8 +49,6 @@ def load_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray, A
         raise DataError(f"{path}: file not found")
     try:
         if _is_nifti(path):
-            import nibabel as nib
-
             img = nib.load(str(path))
             return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64), img.header
         arr, affine, header = load_image(path)
@@ -73,8 +72,6 @@ def load_image(path: str | os.PathLike, dtype: Any = None) -> tuple[np.ndarray, 
         raise DataError(f"{path}: file not found")
     try:
         if _is_nifti(path):
-            import nibabel as nib
-
             img = nib.load(str(path))
             proxy = img.dataobj
             scaled = getattr(proxy, "slope", 1.0) not in (1.0, None) or getattr(proxy, "inter", 0.0) not in (0.0, None)
@@ -162,8 +159,6 @@ def save_image(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, h
     os.close(fd)
     try:
         if _is_nifti(path):
-            import nibabel as nib
-
             hdr = header.copy() if header is not None else None
             img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
             img.set_data_dtype(arr.dtype)

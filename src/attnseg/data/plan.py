@@ -41,8 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy import ndimage
 
 from attnseg.data.errors import DataError
+from attnseg.data.preprocess import nonzero_bbox
+from attnseg.data.readers import find_cases, load_case
 
 __all__ = ["default_memory_gb", "estimate_training_bytes", "fingerprint_dataset", "plan_dataset",
            "plan_from_fingerprint", "unet_levels"]
@@ -78,11 +82,6 @@ def fingerprint_dataset(root: str | os.PathLike, layout: str = "auto", *, sample
     ``lesions`` (value → median components per case and median component volume in mm³),
     ``relative_size_after_crop`` (median cropped/original voxel ratio), ``label_convention``.
     """
-    from scipy import ndimage
-
-    from attnseg.data.preprocess import nonzero_bbox
-    from attnseg.data.readers import find_cases, load_case
-
     cases = find_cases(root, layout, channels=list(channels) if channels else None)
     rng = np.random.default_rng(seed)
     n_ch = len(cases[0].image_paths) if cases[0].layout != "msd" else len(cases[0].channels)
@@ -154,8 +153,6 @@ def default_memory_gb(device: str = "auto") -> tuple[float, str]:
     quarter of the machine's RAM (at most 8 GB, nnU-Net's default target)."""
     if device in ("auto", "cuda"):
         try:
-            import torch
-
             if torch.cuda.is_available():
                 gb = torch.cuda.get_device_properties(0).total_memory / 2**30
                 return round(gb * 0.9, 1), f"90 % of {torch.cuda.get_device_name(0)} ({gb:.0f} GB)"
@@ -218,8 +215,6 @@ def plan_from_fingerprint(fp: dict[str, Any], memory_gb: float | None = None, *,
         cuda = False
         if device in ("auto", "cuda"):
             try:
-                import torch
-
                 cuda = torch.cuda.is_available()
             except Exception:  # no torch/CUDA: plan for the CPU
                 cuda = False

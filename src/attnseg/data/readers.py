@@ -35,6 +35,7 @@ import numpy as np
 
 from attnseg.data.errors import DataError
 from attnseg.data.io import is_image_file, load_header, load_image, spacing_from_affine, strip_suffix
+from attnseg.data.labels import declared_labels
 
 LAYOUTS = ("auto", "brats", "nnunet", "msd", "malc", "hvsmr", "folder", "images")
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -473,8 +474,6 @@ def _find_manifest(root: Path, require_labels: bool) -> list[Case]:
 # ------------------------------------------------------------------------------------------ loading
 def declared_label_set(case: Case) -> tuple[int, ...] | None:
     """Label values allowed for ``case`` (None = any non-negative integer)."""
-    from attnseg.data.labels import declared_labels
-
     if case.label_convention.startswith("brats"):
         return declared_labels(case.label_convention)
     labels = case.extra.get("labels")

@@ -38,14 +38,18 @@ int16 with zero background (skull-stripped, as BraTS).
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 
 from attnseg.data.errors import DataError
 from attnseg.runtime.optional import MissingExtraError, missing_message
@@ -69,8 +73,6 @@ _T1_WM_LEVEL = 220.0  # mean template T1 value in white matter (uint8 scale)
 
 def template_dir() -> Path:
     """Folder of nilearn's shipped MNI ICBM152 2009 files (inside the installed package)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("nilearn")  # optional: the [phantom] extra (only its data files are read)
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError(missing_message("nilearn", feature="the MNI template of the phantom data"))
@@ -102,8 +104,6 @@ def _template(spacing: float) -> tuple[torch.Tensor, np.ndarray]:
 
     For spacing > 1 mm the maps are box-averaged to that spacing (anti-aliasing).
     """
-    import nibabel as nib
-
     d = template_dir()
     f = int(round(spacing))
     maps = []
@@ -218,8 +218,6 @@ def _tumour_site_candidates() -> np.ndarray:
 
     Returned with the depth (mm to the brain surface) as a 4th column.
     """
-    from scipy.ndimage import distance_transform_edt
-
     stack, t_aff = _template(2.0)
     wm = stack[0, 2].numpy()
     mask = stack[0, 3].numpy() > 0.5
@@ -702,10 +700,6 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
 
 def _save_int(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Fast NIfTI write (gzip level 1) via a temp file + rename."""
-    import gzip
-
-    import nibabel as nib
-
     img = nib.Nifti1Image(arr, affine)
     img.set_data_dtype(arr.dtype)
     img.set_qform(affine, code=1)

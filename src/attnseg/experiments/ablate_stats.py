@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import wilcoxon
 
 from attnseg.runtime.optional import pyplot
 
@@ -67,8 +68,6 @@ def wilcoxon_p(diffs: Sequence[float]) -> float:
     """Two-sided Wilcoxon signed-rank p-value of paired differences (``scipy.stats.wilcoxon``).
 
     All-zero (or no) differences: 1.0 (no evidence of a difference); NaNs are dropped."""
-    from scipy.stats import wilcoxon
-
     d = np.asarray([v for v in diffs if v is not None and math.isfinite(v)], dtype=np.float64)
     if d.size == 0 or not np.any(d != 0):
         return 1.0

@@ -23,6 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnseg.data.synth import make_synth_brats
+from attnseg.infer.predict import load_predictor, predict_cases
+from attnseg.metrics.evaluate import evaluate_folders, summarize, write_outputs
+from attnseg.report.html import build_report
+from attnseg.train import run_training
+from attnseg.train.config import apply_overrides, load_yaml, resolve_config
+from attnseg.train.distributed import inference_precision, pick_device
+
 DEMO_CONFIG = Path(__file__).with_name("demo-panet.yaml")
 
 
@@ -49,8 +57,6 @@ def ensure_phantom_data(root: Path, train_cases: int, test_cases: int, seed: int
     the same distribution. A folder is reused only when its ``synth_info.json`` matches the
     requested seed, spacing, difficulty and case count.
     """
-    from attnseg.data.synth import make_synth_brats
-
     folders = {"train": (root / "train", 0, train_cases), "test": (root / "test", train_cases, test_cases)}
     for name, (folder, start, n) in folders.items():
         info = folder / "synth_info.json"
@@ -75,9 +81,6 @@ def predict_settings(cfg: dict[str, Any]) -> tuple[str, str]:
     """``(device, precision)`` for predicting with the model ``cfg`` trained: the training device
     and the sliding-window precision matching the training precision (the predictor takes
     fp32/bf16; ``mixed``/``fp16``/``auto`` are mapped, never passed through)."""
-    from attnseg.train.config import resolve_config
-    from attnseg.train.distributed import inference_precision, pick_device
-
     full = resolve_config(cfg)
     device = pick_device(full["device"], env={})  # the demo runs in one process
     return str(device), inference_precision(str(full["train"]["precision"]), device)
@@ -86,8 +89,6 @@ def predict_settings(cfg: dict[str, Any]) -> tuple[str, str]:
 def demo_config(train_dir: Path, out_dir: Path, seed: int, overrides: Sequence[str] = (),
                 base: Path = DEMO_CONFIG) -> dict[str, Any]:
     """The training config of the demo: ``demo-panet.yaml`` pointed at the phantom data."""
-    from attnseg.train.config import apply_overrides, load_yaml
-
     cfg = load_yaml(base)
     cfg["name"] = f"panet-seed{seed}"
     cfg["output_dir"] = str(out_dir / "runs")
@@ -101,10 +102,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
              tta: bool = False, report: bool = True, log: Callable[[str], None] = _log,
              difficulty: str = "realistic") -> DemoResult:
     """Run the whole demo; returns where everything went and the evaluation summary."""
-    from attnseg.infer.predict import load_predictor, predict_cases
-    from attnseg.metrics.evaluate import evaluate_folders, summarize, write_outputs
-    from attnseg.train import run_training
-
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -150,8 +147,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, seed: int = 0, train
 
     report_path = None
     if report:
-        from attnseg.report.html import build_report
-
         t0 = time.perf_counter()
         report_path = build_report(run_dir, eval_dir=eval_dir, pred_dir=pred_dir, data_dir=test_dir).html
         seconds["report"] = time.perf_counter() - t0

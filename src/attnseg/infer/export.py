@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.models.checkpoint import build_model_from_checkpoint
 from attnseg.runtime.optional import require
 
 FORMATS = ("onnx", "torchscript")
@@ -340,8 +341,6 @@ def export_checkpoint(checkpoint: str | os.PathLike | dict[str, Any], fmt: str =
     deployment knows how to turn logits into labels; TorchScript stores the same JSON as the
     extra file ``attnseg.json``.
     """
-    from attnseg.models.checkpoint import build_model_from_checkpoint
-
     model, ckpt = build_model_from_checkpoint(checkpoint)
     if out is None:
         if not isinstance(checkpoint, (str, os.PathLike)):

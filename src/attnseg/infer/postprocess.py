@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from attnseg.data.labels import regions_to_classes
+
 __all__ = [
     "PostprocessConfig",
     "enforce_nesting",
@@ -149,8 +151,6 @@ def suppress_small_et(regions: np.ndarray, threshold: int, per_component: bool =
 
 
 def _postprocess_regions(probs: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
-    from attnseg.data.labels import regions_to_classes
-
     r = threshold_regions(probs, cfg.threshold, has_background=probs.shape[0] == 4)
     if cfg.enforce_nesting:
         r = enforce_nesting(r)

@@ -9,6 +9,8 @@ input's shape), atomically, never into the input folder.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import os
 import sys
 import time
@@ -21,8 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnseg.data.io import is_image_file, save_image, strip_suffix
+from attnseg.data.labels import classes_to_brats
+from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
+from attnseg.data.readers import Case, find_cases, load_case
+from attnseg.infer.fastpath import enable_cpu_fastpaths, onednn_bf16_supported, prepare_model
 from attnseg.infer.postprocess import PostprocessConfig, postprocess
+from attnseg.infer.slicewise import slice_inferer
 from attnseg.infer.sliding_window import SlidingWindowInferer
+from attnseg.models.checkpoint import build_model_from_checkpoint
+from attnseg.models.convert import convert
+from attnseg.runtime.checkpoint import load_checkpoint
 from attnseg.runtime.fs import disk_full_error, is_disk_full, remove_stale_temp_files
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
@@ -98,9 +109,6 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     ``slice_axis`` overrides the axis (``"all"``: average of the three orthogonal directions),
     ``slice_batch`` slices go through the network at once; ``roi_size`` is then in-plane.
     """
-    from attnseg.models.checkpoint import build_model_from_checkpoint
-    from attnseg.runtime.checkpoint import load_checkpoint
-
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
@@ -113,8 +121,6 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
             task = {"kind": cfg_task.get("kind", "classes"), "in_channels": cfg_task.get("in_channels"),
                     "num_classes": cfg_task.get("num_classes"), "channel_names": cfg_task.get("channel_names")}
     else:
-        from attnseg.models.convert import convert
-
         if source is None:
             source = "panet-reference" if "net" in ckpt else "amis-reference"
         if source not in _REFERENCE_TASKS:
@@ -132,16 +138,12 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
     nd = int(getattr(model, "spatial_dims", 0) or _infer_spatial_dims(model))
     use_fast = fastpath and dev.type == "cpu"
     if use_fast:
-        from attnseg.infer.fastpath import enable_cpu_fastpaths, prepare_model
-
         enable_cpu_fastpaths(malloc=malloc_tuning)
         if not compile:  # torch.compile picks its own kernels and layouts from the plain modules
             # channels-first: with oneDNN called directly, channels-last gave no speed-up here but
             # ~95 MB more peak memory at 128^3 (layout copies around the norms); see docs/inference.md
             prepare_model(model, nd, channels_last=False)
     if precision == "bf16" and dev.type == "cpu":
-        from attnseg.infer.fastpath import onednn_bf16_supported
-
         if not onednn_bf16_supported():
             # without AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, bf16 convolutions are emulated and
             # ~100x slower than fp32 (measured: docs/inference.md); fp32 is the sensible choice
@@ -156,7 +158,6 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
                                                                if k in PostprocessConfig.__dataclass_fields__})
     pp.kind = kind
     if nd == 2:  # a 2-D model on volumes: every slice (2.5-D: with its neighbours as channels)
-        from attnseg.infer.slicewise import slice_inferer
 
         axis = slice_axis if slice_axis is not None else (task.get("slice_axis") or "axial")
         inferer: Any = slice_inferer(roi, axis, int(task.get("context") or 0), slice_batch=slice_batch,
@@ -191,9 +192,6 @@ def list_input_cases(path: str | os.PathLike, layout: str = "auto",
     required): nnU-Net/MSD datasets give their ``subset`` (``test`` = ``imagesTs``, ``train``,
     ``all``), an ``imagesTs`` folder or a plain folder of images its files. A case with a missing
     channel file is returned with ``extra["error"]`` (prediction reports it and goes on)."""
-    from attnseg.data.io import is_image_file, strip_suffix
-    from attnseg.data.readers import Case, find_cases
-
     p = Path(path)
     if p.is_file():
         if p.suffix.lower() in (".csv", ".json"):
@@ -218,10 +216,6 @@ def _label_convention(case: Any, task: dict[str, Any], override: str | None) -> 
 
 
 def _load_image(case: Any) -> dict[str, Any]:
-    import dataclasses
-
-    from attnseg.data.readers import load_case
-
     if dataclasses.is_dataclass(case) and case.label_path is not None:
         case = dataclasses.replace(case, label_path=None)  # prediction needs no label: never check it
     data = load_case(case)
@@ -279,9 +273,6 @@ _TEMP_PATTERNS = (".tmp_*.nii.gz", ".tmp_*.nii")
 
 def _predict_locked(predictor: Predictor, cases: Sequence[Any], out_dir: Path, *, save_probs: bool, resume: bool,
                     label_convention: str | None, log: Callable[[str], None]) -> list[PredictResult]:
-    from attnseg.data.io import save_image
-    from attnseg.data.labels import classes_to_brats
-    from attnseg.data.preprocess import PreprocessConfig, preprocess_case, restore_prediction
     stale = remove_stale_temp_files(out_dir, _TEMP_PATTERNS)
     if stale:
         log(f"attnseg: removed {len(stale)} partial file(s) of an interrupted run: {', '.join(p.name for p in stale)}")
@@ -349,8 +340,6 @@ def _roi(predictor: Predictor) -> list[int] | None:
 
 def _release_memory(device: torch.device) -> None:
     """Give back what a failed case held before the next one starts."""
-    import gc
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -25,6 +25,9 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
+
+from attnseg.runtime.optional import require
 
 __all__ = [
     "ASSD_METHODS",
@@ -155,7 +158,6 @@ def _nearest(src: np.ndarray, dst: np.ndarray, sp: tuple[float, ...]) -> np.ndar
         return np.zeros(0)
     if dst.shape[0] == 0:
         return np.full(src.shape[0], np.inf)
-    from scipy.spatial import cKDTree
 
     scale = np.asarray(sp, np.float64)
     _, idx = cKDTree(dst * scale).query(src * scale)
@@ -181,8 +183,6 @@ def surface_distances(pred, ref, spacing: Sequence[float] | None = None) -> tupl
 def _deepmind_tables(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(2×…×2 neighbour-code kernel, code → surfel area/length table) of DeepMind's
     surface-distance package for this spacing."""
-    from attnseg.runtime.optional import require
-
     # optional: the surfel areas are DeepMind's marching-cubes table, not re-derived here
     lookup_tables = require("surface_distance.lookup_tables", "brats2023",
                             "DeepMind's surface-distance package, for the 'deepmind' HD95 and the BraTS 2023 scores")

@@ -17,12 +17,16 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attnseg.data.io import is_image_file, load_image, spacing_from_affine, strip_suffix
+from attnseg.data.readers import detect_layout, label_names_from_json, read_dataset_json
 from attnseg.metrics.brats import REGIONS, binary_scores, lesion_wise_scores
+from attnseg.runtime.optional import require
 
 __all__ = ["BRATS2024_CONFIGS", "SUMMARY_METRICS", "evaluate_brats2024", "evaluate_case", "evaluate_folders",
            "find_pairs", "summarize", "write_outputs"]
@@ -32,14 +36,10 @@ SUMMARY_METRICS = ("dice", "hd95", "jaccard", "sensitivity", "specificity", "ass
 
 
 def _stem(name: str) -> str:
-    from attnseg.data.io import strip_suffix
-
     return strip_suffix(name)
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    from attnseg.data.io import is_image_file
-
     out: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
         if f.is_file() and is_image_file(f):
@@ -136,8 +136,6 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, *, regions: str = "brats", 
 
 
 def _evaluate_pair(args: tuple) -> list[dict[str, Any]]:
-    from attnseg.data.io import load_image, spacing_from_affine
-
     cid, pp, rp, kw, spacing_aware = args
     pred, paff, pheader = load_image(pp)
     ref, raff, _ = load_image(rp)
@@ -179,8 +177,6 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, *,
           "challenge": challenge, "label_names": ref_info["label_names"] if regions == "labels" else None}
     jobs = [(cid, pp, rp, kw, spacing_aware) for cid, pp, rp in pairs]
     if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(workers) as ex:
             results = list(ex.map(_evaluate_pair, jobs))
     else:
@@ -204,8 +200,6 @@ def reference_dataset(ref_dir: str | os.PathLike) -> dict[str, Any]:
     dataset: ``regions="brats"``; anything else: ``regions="labels"``, unless the label maps hold
     the value 4 (BraTS 2018–2021 labels).
     """
-    from attnseg.data.readers import detect_layout, label_names_from_json, read_dataset_json
-
     ref = Path(ref_dir).resolve()
     out: dict[str, Any] = {"data": None, "subset": None, "label_names": None, "regions": "labels"}
     root, subset = (ref.parent, ref.name[-2:]) if ref.name in ("labelsTr", "labelsTs") else (ref, "Tr")
@@ -222,8 +216,6 @@ def reference_dataset(ref_dir: str | os.PathLike) -> dict[str, Any]:
         return out
     files = _label_files(ref) if ref.is_dir() else {}
     if files:
-        from attnseg.data.io import load_image
-
         first = load_image(next(iter(files.values())))[0]
         if 4 in set(np.unique(np.rint(first)).astype(int).tolist()):
             out["regions"] = "brats"
@@ -336,8 +328,6 @@ def evaluate_brats2024(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, 
     ``OUT/brats2024_metrics.csv`` (the package's ``parse_seg_results``; ``parse_mets_results``
     with its CLI defaults 20 mm³ / 0.1 for the mets config). Returns ``dict(config, cases, json,
     csv, means)`` with ``means`` the CSV's mean row (numeric columns)."""
-    from attnseg.runtime.optional import require
-
     # optional: the official BraTS 2024+ package and its panoptica (attnseg[brats])
     feature = "--protocol brats2024, the official BraTS package; its panoptica pins numpy<2.3 and pandas<3"
     brats_evaluation = require("brats_evaluation", "brats", feature)

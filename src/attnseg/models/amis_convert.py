@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.attention.slice import load_reference_channel_weights, load_reference_slice_weights
 from attnseg.models.amis_presets import PRESETS
+from attnseg.models.convert import ConvertedCheckpoint
 
 # reference attention names per preset: (channel-SE key, slice-SE key, order in our chain)
 _UNET_ATT = {"cSEunet3d": ("cSE",), "scSEunet3d": ("sSE", "cSE"), "csSEunet3d": ("cSE", "sSE"),
@@ -107,8 +109,6 @@ def _cna(model: nn.Module, ours: str, src: Mapping[str, torch.Tensor], theirs: d
 def _attention(site: nn.Module, kinds: tuple[str, ...], src: Mapping[str, torch.Tensor], prefix: str,
                names: dict[str, str], used: set[str]) -> None:
     """Load the reference attention of one site into our AttentionSite ``site``."""
-    from attnseg.attention.slice import load_reference_channel_weights, load_reference_slice_weights
-
     if not kinds:
         return
     mod = site.attn
@@ -215,8 +215,6 @@ def convert_amis_state_dict(ref_state_dict: Mapping[str, Any], preset: str | Non
 
 def convert_amis_reference(ckpt: Mapping[str, Any], arch: str | None = None, **model_kwargs: Any) -> Any:
     """``amis-reference`` converter: raw reference state dict → :class:`ConvertedCheckpoint`."""
-    from attnseg.models.convert import ConvertedCheckpoint
-
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
     if arch == "vnet":  # the reference's --model name; ours is vnet-ref
         arch = "vnet-ref"

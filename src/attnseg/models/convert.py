@@ -26,6 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.models import create_model, get_model_entry
+from attnseg.models.checkpoint import model_checkpoint
+from attnseg.runtime.checkpoint import load_checkpoint, save_checkpoint
+
 ConverterFn = Callable[..., "ConvertedCheckpoint"]
 CONVERTERS: dict[str, ConverterFn] = {}
 
@@ -42,8 +46,6 @@ class ConvertedCheckpoint:
 
     def build(self) -> nn.Module:
         """The attnseg model with the converted weights loaded strictly, in eval mode."""
-        from attnseg.models import create_model
-
         model = create_model(self.model_name, **self.model_kwargs)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
@@ -74,7 +76,6 @@ def get_converter(name: str) -> ConverterFn:
 def _load_source(src: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(src, Mapping):
         return dict(src), "<dict>"
-    from attnseg.runtime.checkpoint import load_checkpoint
 
     return load_checkpoint(src), str(src)
 
@@ -101,9 +102,6 @@ def convert_checkpoint(source_name: str, in_path: str | os.PathLike, out_path: s
     ``{"model", "model_name", "model_kwargs", "attnseg_version", "format", "source"}`` to
     ``out_path`` atomically. The weights are verified by building the model and loading them
     strictly before anything is written."""
-    from attnseg.models.checkpoint import model_checkpoint
-    from attnseg.runtime.checkpoint import save_checkpoint
-
     result = convert(source_name, in_path, arch, **model_kwargs)
     result.build()  # strict load: fail before writing anything
     save_checkpoint(model_checkpoint(result.model_name, result.model_kwargs, result.state_dict,
@@ -190,8 +188,6 @@ def infer_panet_config(state: Mapping[str, torch.Tensor], arch: str) -> dict[str
 @register_converter("panet-reference")
 def convert_panet_reference(ckpt: dict[str, Any], arch: str | None = None, **model_kwargs: Any) -> ConvertedCheckpoint:
     """Reference PANet checkpoint → attnseg PANet-family state dict (exact, key by key)."""
-    from attnseg.models import create_model, get_model_entry
-
     arch = arch or "panet"
     name = PANET_ARCHS.get(arch, arch)
     entry = get_model_entry(name)

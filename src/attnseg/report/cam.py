@@ -18,6 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnseg.attention.cam import class_activation_maps, grad_cam, save_cam_overlays
+from attnseg.data.io import load_image, spacing_from_affine
+from attnseg.data.preprocess import preprocess_case, preprocess_config
+from attnseg.data.readers import find_cases, load_case
+from attnseg.models.checkpoint import build_model_from_checkpoint
+
 
 @dataclass
 class CamResult:
@@ -76,9 +82,6 @@ def class_names_of(task: dict[str, Any], num_outputs: int) -> list[str]:
 
 def _read_case(path: Path, task: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``load_case``-style dict and channel names for a case folder or a single image file."""
-    from attnseg.data.io import load_image, spacing_from_affine
-    from attnseg.data.readers import find_cases, load_case
-
     in_ch = int(task.get("in_channels") or 1)
     names = list(task.get("channel_names") or [])
     if path.is_dir():
@@ -138,10 +141,6 @@ def cam_for_case(checkpoint: str | os.PathLike, case: str | os.PathLike, out_dir
     Returns a :class:`CamResult`; raises ``ValueError``/``FileNotFoundError``/``KeyError`` with a
     clear message for a bad case, class or layer.
     """
-    from attnseg.attention.cam import class_activation_maps, grad_cam, save_cam_overlays
-    from attnseg.data.preprocess import preprocess_case, preprocess_config
-    from attnseg.models.checkpoint import build_model_from_checkpoint
-
     if method not in ("gradcam", "cam"):
         raise ValueError(f"method must be gradcam or cam, got {method!r}")
     model, ckpt = build_model_from_checkpoint(checkpoint)

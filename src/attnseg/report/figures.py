@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from attnseg.report.rundata import LOWER_IS_BETTER, EvalData, order_labels
 from attnseg.runtime.optional import pyplot
 
@@ -173,8 +175,6 @@ def plot_boxes(ev: EvalData, path: str | Path, metrics: Sequence[str] = ("dice",
     region missed or predicted on empty ground truth) are left out of the boxes and marked at the
     top of the panel with their count. Returns ``None`` when none of ``metrics`` exists.
     """
-    import numpy as np
-
     metrics = [m for m in metrics if m in ev.metrics]
     if not metrics or not ev.labels:
         return None

@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from attnseg.data.readers import find_cases
+from attnseg.models import count_parameters
+from attnseg.models.checkpoint import build_model_from_checkpoint
+from attnseg.report import figures as F
+from attnseg.report.overlays import find_prediction, load_overlay_case, plot_overlay, score_line
 from attnseg.report.rundata import (
     LOWER_IS_BETTER,
     EvalData,
@@ -26,6 +33,8 @@ from attnseg.report.rundata import (
     read_eval,
     read_run,
 )
+from attnseg.report.slice_weights import report_slice_weights
+from attnseg.report.viewer import viewer_cases_section
 
 _METRIC_NAMES = {"dice": "Dice", "hd95": "HD95", "jaccard": "Jaccard", "sensitivity": "Sensitivity",
                  "specificity": "Specificity", "assd": "ASSD", "volume_diff": "Volume diff.",
@@ -295,9 +304,6 @@ def _count_params(checkpoint: Path | None) -> int | None:
     if checkpoint is None:
         return None
     try:
-        from attnseg.models import count_parameters
-        from attnseg.models.checkpoint import build_model_from_checkpoint
-
         model, _ = build_model_from_checkpoint(checkpoint)
         return count_parameters(model)
     except Exception:  # an unreadable checkpoint must not stop the report; the count is optional
@@ -343,8 +349,6 @@ def _overlays(ev: EvalData, picks: dict[str, tuple[str, float]], pred_dir: Path 
         notes.append("overlays left out: no dataset folder with the images and ground truth (pass --data)"
                      if data_dir is None else f"overlays left out: dataset folder {data_dir} not found")
         return []
-    from attnseg.data.readers import find_cases
-    from attnseg.report.overlays import find_prediction, load_overlay_case, plot_overlay, score_line
 
     try:
         cases = {c.case_id: c for c in find_cases(data_dir, require_labels=False, subset=subset)}
@@ -394,8 +398,6 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
 
     Raises ``FileNotFoundError``/``ValueError`` naming the file for a missing or malformed input.
     """
-    from attnseg.report import figures as F
-
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -480,12 +482,10 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
         ov_notes = [n for n in notes if "overlay" in n]
         ov_blocks += [("note", n) for n in ov_notes]
         page.add("overlays", "Best, median and worst cases", *ov_blocks)
-        from attnseg.report.viewer import viewer_cases_section
 
         cases = viewer_cases_section(ev, picks, pdir, ddir, checkpoint=run.checkpoint)
         cases.write_files(out / "viewer")
         page.add("cases", "Cases", ("help", f"All {len(ev.case_ids)} cases, best first."), ("viewer", cases))
-        from attnseg.report.slice_weights import report_slice_weights
 
         # models with slice attention (PAM): slice-weight profile per level of the median case
         sw = report_slice_weights(run.checkpoint, ddir, [picks[k][0] for k in ("median", "best", "worst")
@@ -503,8 +503,6 @@ def build_report(run_dir: str | Path, eval_dir: str | Path | None = None, pred_d
                 "git_commit")
         env_blocks.append(("kv", [(k, _fmt(run.env[k])) for k in keys if run.env.get(k) not in (None, "")]))
     if run.config:
-        import yaml
-
         env_blocks.append(("details", "Resolved configuration (config.yaml)",
                            [("pre", yaml.safe_dump(run.config, sort_keys=False))]))
     # notes not already shown next to the overlays or instead of the metric table

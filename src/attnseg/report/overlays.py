@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel.orientations as nio
 import numpy as np
 
+from attnseg.data.io import load_image
+from attnseg.data.labels import REGION_NAMES, brats_to_regions
 from attnseg.report.figures import DPI, _plt, colour
 
 # preferred display channel for BraTS: FLAIR shows the whole tumour (oedema) best
@@ -38,16 +41,12 @@ class OverlayCase:
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Reorder/flip the first three axes of ``array`` to the closest RAS orientation of ``affine``."""
-    import nibabel.orientations as nio
-
     ornt = nio.io_orientation(np.asarray(affine, dtype=np.float64))
     return np.ascontiguousarray(nio.apply_orientation(array, ornt))
 
 
 def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel sizes (mm) along the axes produced by :func:`to_ras`."""
-    import nibabel.orientations as nio
-
     a = np.asarray(affine, dtype=np.float64)
     ornt = nio.io_orientation(a)
     sizes = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
@@ -160,8 +159,6 @@ def plot_overlay(case: OverlayCase, path: str | Path, title: str | None = None) 
 # ------------------------------------------------------------------------------- loading cases
 def _regions_of(label: np.ndarray, convention: str) -> dict[str, np.ndarray]:
     """BraTS label map → {WT, TC, ET} masks; tries the other release's values if these do not fit."""
-    from attnseg.data.labels import REGION_NAMES, brats_to_regions
-
     errors = []
     for conv in dict.fromkeys([convention, "brats2020", "brats2023"]):
         try:
@@ -203,8 +200,6 @@ def load_overlay_case(case: Any, pred_path: Path, regions: bool | None = None,
     ``dataset.json`` names, else the values). Raises ``ValueError`` naming the file when shapes
     disagree.
     """
-    from attnseg.data.io import load_image
-
     ch = _display_channel(case)
     single = len(case.image_paths) == 1  # MSD / 4-D NIfTI: every channel in one file
     image, affine, _ = load_image(case.image_paths[0 if single else ch], np.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attnseg.data.synth import synth_brats_case
 from attnseg.runtime.optional import pyplot
 
 # label colours (RGBA) for the overlay: NCR/NET red, ED green, ET yellow (as the report's)
@@ -35,8 +36,6 @@ def _show(ax, img2d: np.ndarray, title: str | None) -> None:  # noqa: ANN001 (ma
 def phantom_figure(path: str | Path, cases: Sequence[int] = (0, 1, 2, 3), seed: int = 0, spacing: int = 2) -> Path:
     """Write the easy-vs-realistic figure: one row per case index, 4 panels per generator."""
     plt = pyplot("the phantom figure")  # optional: the [report] extra
-
-    from attnseg.data.synth import synth_brats_case
 
     cols = ("t1ce", "flair", "t2", "labels")
     fig, axes = plt.subplots(len(cases), 2 * len(cols), figsize=(2.0 * 2 * len(cols), 2.1 * len(cases)))

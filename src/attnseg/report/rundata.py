@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 # the region/class column of a long per-case table, in order of preference
 LABEL_COLUMNS = ("region", "class", "label", "structure")
 # metrics shown first, in this order, when present; then any other numeric column
@@ -123,7 +126,6 @@ def read_run(run_dir: str | Path) -> RunData:
         data.notes.append("no metrics.csv: training curves are not shown")
     if (run / "config.yaml").is_file():
         found = True
-        import yaml
 
         try:
             cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -273,8 +275,6 @@ def describe(values: list[float]) -> dict[str, float | int | None]:
     ``std`` is the population standard deviation (ddof 0), as in ``attnseg evaluate``'s
     summary, so the report and summary.json agree.
     """
-    import numpy as np
-
     if not values:
         return {"n": 0, "mean": None, "std": None, "median": None, "q1": None, "q3": None, "min": None, "max": None}
     a = np.asarray(values, dtype=np.float64)

@@ -22,6 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnseg.attention.slice import ProgressiveAttention, SliceAttention, _slice_stats, key_slice_mask
+from attnseg.data.preprocess import preprocess_case, preprocess_config
+from attnseg.data.readers import find_cases, load_case
+from attnseg.models.checkpoint import build_model_from_checkpoint
+from attnseg.report.cam import _read_case, _roi
+from attnseg.runtime.optional import pyplot
+
 
 @dataclass
 class SliceProfile:
@@ -50,8 +57,6 @@ class CaseSliceWeights:
 
 def slice_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every PAM and of every slice attention that is not inside a PAM."""
-    from attnseg.attention.slice import ProgressiveAttention, SliceAttention
-
     pams = [(n, m) for n, m in model.named_modules() if isinstance(m, ProgressiveAttention)]
     inside = {id(m.slice) for _, m in pams}
     plain = [(n, m) for n, m in model.named_modules() if isinstance(m, SliceAttention) and id(m) not in inside]
@@ -62,8 +67,6 @@ def slice_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def slice_weight_profiles(model: nn.Module, x: torch.Tensor) -> list[SliceProfile]:
     """Run ``model`` on ``x`` ``(B, C, *S)`` and return the slice-weight profile of every site
     (in the order the sites appear in the model; empty when the model has none)."""
-    from attnseg.attention.slice import ProgressiveAttention, _slice_stats, key_slice_mask
-
     sites = slice_attention_sites(model)
     found: dict[str, SliceProfile] = {}
     n_in = [int(s) for s in x.shape[2:]]
@@ -123,10 +126,6 @@ def case_slice_weights(checkpoint: str | os.PathLike, case: str | os.PathLike,
     foreground): by default the whole slice axis with the training patch size in-plane, falling
     back to the training patch (a fixed-form slice attention is bound to its slice count);
     ``roi_size`` sets it. Raises ``ValueError`` when the model has no slice attention."""
-    from attnseg.data.preprocess import preprocess_case, preprocess_config
-    from attnseg.models.checkpoint import build_model_from_checkpoint
-    from attnseg.report.cam import _read_case, _roi
-
     model, ckpt = build_model_from_checkpoint(checkpoint)
     if not slice_attention_sites(model):
         raise ValueError(f"{checkpoint}: the model ({ckpt.get('model_name', 'model')}) has no slice attention "
@@ -136,7 +135,6 @@ def case_slice_weights(checkpoint: str | os.PathLike, case: str | os.PathLike,
     label = None
     path = Path(case)
     if path.is_dir():  # the ground truth, for the tumour extent (cam's reader drops it)
-        from attnseg.data.readers import find_cases, load_case
 
         match = [c for c in find_cases(path.parent, require_labels=False) if c.case_id == path.name]
         if match and match[0].label_path is not None:
@@ -198,10 +196,7 @@ _AXIS_NAMES = {0: "first (x)", 1: "second (y)", 2: "third (z)"}
 
 def plot_slice_weights(res: CaseSliceWeights, path: str | os.PathLike, title: str | None = None) -> Path:
     """One panel per site: slice weights (± sd band) and the key-slice strip, tumour extent on a twin axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the slice-weight figure")  # optional: the [report] extra
 
     n = len(res.profiles)
     fig = plt.figure(figsize=(7.5, 2.2 * n + 0.8))
@@ -260,8 +255,6 @@ def report_slice_weights(checkpoint: Path | None, data_dir: Path | None, case_id
     is found."""
     if checkpoint is None or data_dir is None:
         return None
-    from attnseg.data.readers import find_cases
-    from attnseg.models.checkpoint import build_model_from_checkpoint
 
     model, _ = build_model_from_checkpoint(checkpoint)
     if not slice_attention_sites(model):

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import nibabel as nib
 import numpy as np
+
+from attnseg.data.io import load_image
+from attnseg.data.labels import brats_to_classes
+from attnseg.data.readers import find_cases
+from attnseg.models.checkpoint import build_model_from_checkpoint
+from attnseg.report.overlays import find_prediction, lesion_centre
+from attnseg.report.slice_weights import case_slice_weights, slice_attention_sites
 
 NIIVUE_VERSION = "0.69.0"
 # sha256 of static/niivue.umd.js (npm @niivue/niivue 0.69.0, dist/niivue.umd.js, unmodified)
@@ -76,8 +84,6 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, slope: float = 1.0, inter:
     ``slope``/``inter`` go to ``scl_slope``/``scl_inter`` (value = stored × slope + inter), so a
     quantised image still reads out in its own units.
     """
-    import nibabel as nib
-
     arr = np.asarray(data)
     hdr = nib.Nifti1Header()
     hdr.set_data_dtype(arr.dtype)
@@ -159,8 +165,6 @@ class LabelTable:
 
 def _brats_classes(label: np.ndarray, convention: str) -> np.ndarray:
     """BraTS label map → classes 0..3; a map in the other release's values is read too."""
-    from attnseg.data.labels import brats_to_classes
-
     err: Exception | None = None
     for conv in dict.fromkeys([convention, "brats2020", "brats2023"]):
         try:
@@ -190,8 +194,6 @@ class CaseVolumes:
     def centre(self) -> list[int]:
         """Voxel (in this cropped grid) where the viewer opens: inside the ground truth's lesion,
         nearest to its centre of mass (else the prediction's; else the grid centre)."""
-        from attnseg.report.overlays import lesion_centre
-
         masks = [a > 0 for a in (self.reference, self.prediction) if a is not None]
         return [int(v) for v in lesion_centre(masks, self.images[0].shape)]
 
@@ -235,8 +237,6 @@ def load_case_volumes(case: Any, pred_path: Path | None, *, quantised: bool = Tr
     Raises ``ValueError`` naming the file when the prediction's or ground truth's shape differs
     from the image's.
     """
-    from attnseg.data.io import load_image
-
     images: list[np.ndarray] = []
     affine = None
     for path in case.image_paths:
@@ -345,8 +345,6 @@ def has_slice_attention(checkpoint: Path | None) -> bool:
     """Whether the checkpoint's model has slice attention (PAM, slice): its profile goes next to the viewer."""
     if checkpoint is None:
         return False
-    from attnseg.models.checkpoint import build_model_from_checkpoint
-    from attnseg.report.slice_weights import slice_attention_sites
 
     model, _ = build_model_from_checkpoint(checkpoint)
     return bool(slice_attention_sites(model))
@@ -355,8 +353,6 @@ def has_slice_attention(checkpoint: Path | None) -> bool:
 def slice_profile(checkpoint: Path, case: Any) -> dict[str, Any]:
     """The slice-weight profile of the model's finest slice-attention level on ``case`` (see
     :mod:`attnseg.report.slice_weights`), with slice positions as the case's own slice numbers."""
-    from attnseg.report.slice_weights import case_slice_weights
-
     folder = Path(case.image_paths[0]).parent
     res = case_slice_weights(checkpoint, folder if folder.name == case.case_id else case.image_paths[0])
     if not res.profiles:
@@ -563,8 +559,6 @@ def match_cases(data_dir: Path | None, pred_dir: Path | None, case_ids: Sequence
     if data_dir is None or not Path(data_dir).exists():
         return {}, ["viewer left out: no dataset folder with the images and ground truth (pass --data)"
                     if data_dir is None else f"viewer left out: dataset folder {data_dir} not found"]
-    from attnseg.data.readers import find_cases
-    from attnseg.report.overlays import find_prediction
 
     try:
         cases = {c.case_id: c for c in find_cases(data_dir, require_labels=False)}

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from attnseg.data.io import is_image_file, strip_suffix
+from attnseg.report.rundata import read_eval, read_run
 from attnseg.report.viewer import (
     CasesSection,
     _payload,
@@ -53,9 +55,6 @@ def collect(target: str | Path, data_dir: str | Path | None = None, eval_dir: st
 
     Raises ``FileNotFoundError``/``ValueError`` naming the folder when nothing can be shown.
     """
-    from attnseg.data.io import is_image_file, strip_suffix
-    from attnseg.report.rundata import read_eval, read_run
-
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{target}: folder not found (give a run folder or a predictions folder)")

@@ -63,8 +63,8 @@ def disk_full_error(path: str | os.PathLike, needed: int, what: str = "file",
 
 def payload_bytes(obj: Any) -> int:
     """Bytes of the tensors and arrays in a nested dict/list (what a checkpoint will take on disk)."""
-    import numpy as np
-    import torch
+    import numpy as np  # on first use: cli.main imports runtime for its error handling, before any command
+    import torch  # likewise (keeps `attnseg --help` free of torch)
 
     total = 0
     stack = [obj]

@@ -10,6 +10,7 @@ bytes held and ``capacity`` bytes usable, ``need = in_use + requested`` estimate
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,7 @@ _UNITS = {None: 1, "bytes": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30,
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure of PyTorch (CUDA, MPS or CPU) or Python."""
-    import torch
+    import torch  # on first use: cli.main imports runtime for its error handling, before any command
 
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
@@ -41,7 +42,7 @@ def requested_bytes(exc: BaseException) -> int | None:
 def memory_state(device: Any) -> tuple[int | None, int | None]:
     """``(in_use, capacity)`` bytes: CUDA allocator reserved / device total, or process RSS /
     RSS + MemAvailable on Linux CPUs; None where unknown."""
-    import torch
+    import torch  # on first use (as above)
 
     dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
@@ -59,8 +60,6 @@ def memory_state(device: Any) -> tuple[int | None, int | None]:
 
 
 def _page() -> int:
-    import os
-
     return os.sysconf("SC_PAGE_SIZE")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from attnseg.data.slices import in_plane, parse_slice_axis
+
 DEFAULTS: dict[str, Any] = {
     "name": "run",  # run folder name under output_dir
     "output_dir": "runs",  # parent folder of run folders
@@ -269,8 +271,6 @@ def _resolve_slicing(d: dict[str, Any], v: dict[str, Any]) -> None:
     """2-D models on volumes: ``patch_size`` with two values or a ``slice_axis`` selects slices
     (axial by default); a 3-value patch (or validation window) with a slice axis keeps its two
     in-plane values."""
-    from attnseg.data.slices import in_plane, parse_slice_axis
-
     if len(d["patch_size"]) not in (2, 3):
         raise ValueError(f"data.patch_size must have 2 (2-D slices) or 3 values, got {d['patch_size']}")
     if d.get("slice_axis") is None and len(d["patch_size"]) == 3:

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from attnseg.data.augment import AugmentConfig
+from attnseg.data.cache import CachedCase, foreground_samples
+from attnseg.data.dataset import PatchDataset
 from attnseg.data.preprocess import preprocess_config  # noqa: F401 (old import path)
+from attnseg.data.slices import SliceDataset
+from attnseg.models import get_model_entry
 
 if TYPE_CHECKING:
     from attnseg.data.augment import AugmentConfig
@@ -63,8 +68,6 @@ class MemoryCache:
     """In-memory stand-in for :class:`attnseg.data.cache.CaseCache` over :class:`Volume` objects."""
 
     def __init__(self, volumes: Sequence[Volume], fg_samples: int = 20000) -> None:
-        from attnseg.data.cache import CachedCase, foreground_samples
-
         self.cache_dir = "<memory>"
         self._cases = [CachedCase(v.case_id, np.asarray(v.image, np.float32), v.label,
                                   foreground_samples(v.label, fg_samples, seed=i), {})
@@ -80,8 +83,6 @@ class MemoryCache:
 def augment_config(cfg: dict[str, Any] | str | None) -> AugmentConfig:
     """``data.augmentation`` → :class:`attnseg.data.augment.AugmentConfig`: a dict of its fields
     (missing ones keep the data package's defaults) or the string ``"none"``."""
-    from attnseg.data.augment import AugmentConfig
-
     if cfg in ("none", False):
         return AugmentConfig.none()
     kw = dict(cfg or {})
@@ -100,13 +101,9 @@ def patch_dataset(cache: Any, patch_size: Sequence[int], samples_per_epoch: int,
                   context: int = 0) -> PatchDataset:
     """The data package's :class:`~attnseg.data.dataset.PatchDataset` with the training settings;
     with a ``slice_axis`` the 2-D/2.5-D :class:`~attnseg.data.slices.SliceDataset`."""
-    from attnseg.data.dataset import PatchDataset
-
     kw = dict(samples_per_epoch=samples_per_epoch, fg_fraction=float(foreground_fraction),
               augment=augment_config(augmentation), seed=int(seed), case_indices=case_indices)
     if slice_axis is not None:
-        from attnseg.data.slices import SliceDataset
-
         return SliceDataset(cache, list(patch_size), axis=slice_axis, context=int(context), **kw)
     return PatchDataset(cache, list(patch_size), **kw)
 
@@ -119,7 +116,6 @@ def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     d, name = cfg["data"], cfg["model"]["name"]
     if d.get("slice_axis") is None:
         return kw
-    from attnseg.models import get_model_entry
 
     try:
         entry = get_model_entry(name)

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
+from attnseg import __version__
+from attnseg.data.cache import CaseCache
+from attnseg.data.dataset import worker_init_fn
+from attnseg.data.readers import find_cases
 from attnseg.infer import fastpath
+from attnseg.infer.slicewise import slice_inferer
+from attnseg.infer.sliding_window import SlidingWindowInferer
+from attnseg.metrics.brats import BRATS_MAX_HD95
+from attnseg.metrics.core import hd95
+from attnseg.models import create_model
 from attnseg.report.figures import plot_loss, plot_validation
 from attnseg.runtime.cpu import enable_cpu_fastpaths
+from attnseg.runtime.errors import FaultError
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
 from attnseg.runtime.optional import MissingExtraError, require
@@ -44,10 +57,12 @@ from attnseg.train.data import (
     EpochPlan,
     MemoryCache,
     Volume,
+    cached_volume,
     model_kwargs,
     patch_dataset,
     preprocess_config,
     region_target,
+    split_cases,
 )
 from attnseg.train.distributed import (
     DistInfo,
@@ -102,15 +117,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _env_info(device: torch.device, world: int) -> dict[str, Any]:
-    from attnseg import __version__
-
     info: dict[str, Any] = {
         "attnseg": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "host": socket.gethostname(),
         "device": str(device), "world_size": world, "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda, "argv": sys.argv,
     }
-    from importlib.metadata import PackageNotFoundError, version
 
     for mod in ("monai", "nibabel", "SimpleITK"):
         try:  # metadata only: importing MONAI would take seconds
@@ -143,9 +155,6 @@ def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
 def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None) -> float:
     """HD95 (:func:`attnseg.metrics.core.hd95`, MONAI definition) with the BraTS legacy rules:
     both empty → 0, one empty or infinite → 373.13."""
-    from attnseg.metrics.brats import BRATS_MAX_HD95
-    from attnseg.metrics.core import hd95
-
     if not pred.any() and not ref.any():
         return 0.0
     if not pred.any() or not ref.any():
@@ -384,8 +393,6 @@ def _run_locked(cfg: dict[str, Any], device: torch.device, dd: _Dist, resume: st
         # a run that failed before its first checkpoint leaves nothing behind (no empty run folder)
         if dd.main and new_folder and not isinstance(exc, KeyboardInterrupt) and \
                 not any((run_dir / "checkpoints").glob("*.pt")):
-            import shutil
-
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
@@ -419,10 +426,8 @@ def _train(cfg: dict[str, Any], device: torch.device, dd: _Dist, fast: bool, fol
                             int(dcfg.get("context") or 0))
     plan = EpochPlan(dataset, iters, int(dcfg["batch_size"]), dd.rank, dd.world)
     # ---- model
-    from attnseg.models import create_model
 
     _import_plugins(cfg["model"]["imports"])
-    from attnseg.data.dataset import worker_init_fn
 
     model = create_model(cfg["model"]["name"], **model_kwargs(cfg)).to(device)
     compiled = _compile_wanted(tr.get("compile", "auto"), device)
@@ -645,7 +650,6 @@ def _batches(loader: Any, epoch: int, iteration: int, last_good: list[str]) -> A
             text = str(exc)
             if "DataLoader worker" not in text:
                 raise
-            from attnseg.runtime.errors import FaultError
 
             raise FaultError(f"data loading stopped at epoch {epoch + 1}, iteration {iteration + step + 1}: "
                              f"{text.splitlines()[0].rstrip('. ')} (killed for lack of memory? lower data.workers "
@@ -710,11 +714,8 @@ def _validate(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, Any], dev
     amp = inference_precision(vcfg["precision"], device) == "bf16"
     activated = getattr(model, "eval_activation", None)
 
-    from attnseg.infer.sliding_window import SlidingWindowInferer
-
     nd = next(iter(vols)).image.ndim - 1 if vols else 3
     if cfg["data"].get("slice_axis") is not None:  # 2-D/2.5-D model: every slice of the volume
-        from attnseg.infer.slicewise import slice_inferer
 
         inferer = slice_inferer(list(vcfg["roi_size"]), cfg["data"]["slice_axis"], int(cfg["data"]["context"]),
                                 activation=None if activated else ("softmax" if kind == "classes" else "sigmoid"),
@@ -823,10 +824,6 @@ def _validate_patches(model: nn.Module, vols: Sequence[Volume], cfg: dict[str, A
 
 def _load_data(cfg: dict[str, Any], dd: _Dist) -> tuple[Any, list[int], list[Volume], int]:
     """Training cache + indices, this rank's validation volumes, number of validation cases."""
-    from attnseg.data.cache import CaseCache
-    from attnseg.data.readers import find_cases
-    from attnseg.train.data import cached_volume, split_cases
-
     d, task = cfg["data"], cfg["task"]
     if not d["root"]:
         raise ValueError("data.root is not set (use --dataroot or --set data.root=DIR)")
@@ -890,8 +887,6 @@ class _Progress:
         self.epoch, self.epochs, self.iters, self.i = epoch, epochs, iters, 0
         self.t0, self.samples = time.perf_counter(), 0
         if self.bar_mode:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
     def update(self, loss: torch.Tensor | float, lr: float, samples: int, at_log: bool = True) -> None:
