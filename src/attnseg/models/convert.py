@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from attnseg.models import create_model, get_model_entry
-from attnseg.models.checkpoint import model_checkpoint
+from attnseg.models.checkpoint import model_checkpoint, unwrap_state_dict
 from attnseg.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 ConverterFn = Callable[..., "ConvertedCheckpoint"]
@@ -137,17 +137,11 @@ PANET_ARCHS = {
 }
 
 
-def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def _panet_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     state = ckpt.get("net", ckpt)
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("expected a reference checkpoint (dict with a 'net' state dict) or a state dict")
-    return _strip_prefix(dict(state), "module.")  # DataParallel wrappers
+    return unwrap_state_dict(dict(state), ("module.",))  # DataParallel wrappers
 
 
 def infer_panet_config(state: Mapping[str, torch.Tensor], arch: str) -> dict[str, Any]:
