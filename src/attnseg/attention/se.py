@@ -84,7 +84,7 @@ class ConcurrentSE(nn.Module):
     original MICCAI 2018 paper, as segmentation_models_pytorch), ``"max"`` (element-wise
     maximum, the "max-out" aggregation of the journal version, Roy et al. IEEE TMI 2019) or
     ``"mul"`` (``x · s_c · s_s``). Plain autograd in training (a fused node with compiled
-    kernels was removed: it made a whole U-Net training step < 10 % faster, docs/benchmarks.md).
+    kernels was removed: the whole U-Net training step gained too little; docs/benchmarks.md).
     Shape ``(B, C, *spatial)`` → same.
     """
 
