@@ -12,7 +12,7 @@ memory-bound, and a numba thread pool would compete with PyTorch's for the cores
 contiguous float32 CPU tensors when numba is importable and ``ATTNSEG_NUMBA`` is not ``0``;
 everything else takes the equivalent PyTorch ops (same values up to float rounding:
 sums are accumulated in a different order). Compiled code is cached on disk by numba
-(``cache=True``), so only the first process pays the compile time (~1-3 s per kernel).
+(``cache=True``), so only the first process pays the compile time.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def grid_sample_2d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
-    for 5-D inputs (PyTorch's own: compiled trilinear kernels were removed on 2026-12-03, a whole
-    U-Net training step was +9 % faster with them, under the 10 % bar; docs/benchmarks.md)."""
+    for 5-D inputs (PyTorch's own: compiled trilinear kernels were removed on 2026-12-03, their gain on a
+    whole U-Net training step was under the 10 % bar; figures in docs/benchmarks.md)."""
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
