@@ -105,11 +105,3 @@ def test_dual_separable_pool_and_interpolation_equal_pytorch(size, p):
     torch.testing.assert_close(torch.autograd.grad(up, x, g)[0],
                                torch.autograd.grad(F.interpolate(want, size=size, mode=mode, align_corners=False),
                                                    x, g)[0])
-
-
-def test_dual_gram_backward():
-    from attnseg.attention.dual import _Gram
-
-    f = torch.randn(2, 4, 9, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(_Gram.apply, (f,))
-    torch.testing.assert_close(_Gram.apply(f), f @ f.transpose(1, 2))

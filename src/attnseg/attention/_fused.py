@@ -12,14 +12,13 @@ pooled (the slice axis; ``D = 1`` gives ordinary channel attention) and ``pre``/
 are the products of the spatial sizes before/after it, so no copy is needed for any axis.
 
 This used to hold custom autograd nodes with hand-written backward passes (and numba kernels
-in ``_kernels``); those that did not make a whole training step >= 10 % faster were removed
-(benchmarks/whole_step.py, docs/benchmarks.md). :func:`use_fused` is still the gate for the
-remaining custom nodes (DANet's Gram matrix).
+in ``_kernels``); they did not make a whole training step >= 10 % faster and were removed
+(benchmarks/whole_step.py, docs/benchmarks.md). Under autocast they had also mixed bf16
+activations with float32 parameters in their backward (issue 14's crash).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,29 +67,6 @@ def eager() -> bool:
     ``torch.compile`` must see plain ops: they cannot look into numba kernels or custom nodes)."""
     return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
                 or torch.compiler.is_compiling())
-
-
-def same_precision(x: torch.Tensor, params: Sequence[torch.Tensor] = ()) -> bool:
-    """``x`` and ``params`` share one floating dtype and autocast is off for ``x``'s device.
-
-    The custom nodes run their forward and backward with plain ops on the tensors they are
-    given; under autocast (bf16/fp16 activations, float32 parameters) those ops would mix
-    dtypes (e.g. a bf16 × float32 matrix product in the backward, where autocast is off), so
-    mixed precision takes the plain autograd path, which autocast casts op by op."""
-    if torch.is_autocast_enabled(x.device.type):
-        return False
-    return x.is_floating_point() and all(p.dtype == x.dtype for p in params)
-
-
-def use_fused(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
-    """The custom-backward path is used only when a gradient will be taken, we are not
-    being traced, exported or compiled (those see the plain, equivalent ops), ``x`` and
-    ``params`` share one dtype outside autocast (:func:`same_precision`), and
-    ``ATTNSEG_FUSED`` is not ``0`` (benchmarks/whole_step.py compares against plain autograd)."""
-    if not torch.is_grad_enabled() or not eager() or not same_precision(x, params) or \
-            os.environ.get("ATTNSEG_FUSED", "1") == "0":
-        return False
-    return x.requires_grad or any(p.requires_grad for p in params)
 
 
 def pooled_scale(x: torch.Tensor, slice_axis: int | None, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

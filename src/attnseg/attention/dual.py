@@ -10,7 +10,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import use_fused
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -86,21 +85,6 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
     except RuntimeError:
         return None
-
-
-class _Gram(torch.autograd.Function):
-    """``F Fᵀ`` for ``F`` ``(B, C, N)`` with the symmetric backward ``(G + Gᵀ) F``: one
-    full-size product instead of autograd's two (one per use of ``F``) plus their sum."""
-
-    @staticmethod
-    def forward(ctx, f: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(f)
-        return torch.bmm(f, f.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
-        (f,) = ctx.saved_tensors
-        return torch.bmm(g + g.transpose(1, 2), f)
 
 
 class PositionAttention(nn.Module):
@@ -180,9 +164,11 @@ class ChannelSelfAttention(nn.Module):
         if f.dtype != torch.float32 or _autocast_dtype(f.device.type) is not None:
             with torch.autocast(f.device.type, enabled=False):
                 f32 = f.float()
-                energy = _Gram.apply(f32) if use_fused(f32, ()) else f32 @ f32.transpose(1, 2)
+                energy = f32 @ f32.transpose(1, 2)
                 return torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
-        energy = _Gram.apply(f) if use_fused(f, ()) else f @ f.transpose(1, 2)
+        # plain autograd (a symmetric-backward node was removed on 2026-12-03: it did not make a
+        # whole training step faster, docs/benchmarks.md)
+        energy = f @ f.transpose(1, 2)
         return torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
