@@ -201,6 +201,7 @@ def time_case(args: argparse.Namespace, workdir: str, mirror: bool) -> list[dict
 
     tr, plans, dataset = nnunet_trainer(128, 2, workdir)
     net = tr.network.eval()
+    net.decoder.deep_supervision = False  # as nnU-Net's own loading of a trained model does
     pm = PlansManager(plans)
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
                            perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
