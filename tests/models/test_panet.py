@@ -11,7 +11,7 @@ from attnseg.models.panet import PANetCascade, PANetUNet
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
 
-TINY = dict(channels=(4, 8, 8, 16, 16))
+TINY = dict(features=(4, 8, 8, 16, 16))
 FAMILY = ["unet-res", "attention-unet-res", "enhanced-unet", "cascaded-unet", "prior-attention-net", "panet-brats"]
 KEYS = {
     "unet-res": {"out"},
@@ -189,7 +189,7 @@ def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="prior head"):
         PANetUNet(prior_head="bogus")
     with pytest.raises(ValueError, match="channels"):
-        PANetUNet(channels=(8, 16, 32))
+        PANetUNet(features=(8, 16, 32))
     with pytest.raises(ValueError, match="spatial_dims"):
         PANetUNet(spatial_dims=4)
     tiny_grid = create_model("prior-attention-net", spatial_dims=2, strides=(1, 2, 2, 2, 1), **TINY).eval()
@@ -215,7 +215,7 @@ def test_attention_plugin_sites(attention, dims):
     gated = bool(ATTENTION.get(attention).tags.get("gated", False))
     sites = ("skip",) if gated else ("encoder", "bottleneck", "skip", "decoder")
     x = _input(dims, 1)
-    kw = dict(attention=attention, attention_at=sites, img_size=tuple(x.shape[2:]))
+    kw = dict(attention=attention, attention_at=sites, input_size=tuple(x.shape[2:]))
     m = _tiny("prior-attention-net", dims, **kw).train()
     plain = _tiny("prior-attention-net", dims)
     names = {n.split(".")[0] for n, _ in m.named_parameters()} - {n.split(".")[0] for n, _ in plain.named_parameters()}
@@ -226,3 +226,19 @@ def test_attention_plugin_sites(attention, dims):
     if count_parameters(m) > count_parameters(plain):
         _all_outputs_loss(outs).backward()
         assert any(p.grad is not None for n, p in m.named_parameters() if n.startswith("attn_"))
+
+
+def test_model_contract_and_deprecated_names():
+    """``spatial_dims, in_channels, out_channels`` first and stored; the first release's names
+    (``num_classes``, ``channels``, ``img_size``) build the same model, with a DeprecationWarning."""
+    torch.manual_seed(0)
+    new = PANetUNet(2, 3, 5, (4, 8, 8, 16, 16), input_size=(32, 32), prior_head="fcn", deep_supervision=True)
+    assert (new.spatial_dims, new.in_channels, new.out_channels) == (2, 3, 5) and new.num_classes == 5
+    with pytest.warns(DeprecationWarning, match="'num_classes' is deprecated; use 'out_channels'"):
+        old = create_model("prior-attention-net", spatial_dims=2, in_channels=3, num_classes=5,
+                           channels=(4, 8, 8, 16, 16), img_size=(32, 32))
+    assert old.out_channels == 5 and old.features == (4, 8, 8, 16, 16)
+    assert {k: tuple(v.shape) for k, v in old.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in new.state_dict().items()}
+    cascade = create_model("cascaded-unet", spatial_dims=2, in_channels=2, out_channels=3, features=(4, 8, 8, 16, 16))
+    assert (cascade.in_channels, cascade.out_channels, cascade.stage1.out_channels) == (2, 3, 1)

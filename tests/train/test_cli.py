@@ -32,7 +32,7 @@ def test_amis_reference_flags_map_onto_config(capsys, tmp_path):
 def test_panet_reference_flags_map_onto_config(capsys):
     cfg = _resolved(capsys, "--config", str(CONFIGS / "panet-brats.yaml"), "--model", "panet", "--patch_test",
                     "--ds", "--trainset", "--mixed", "--out_channels", "4")
-    assert cfg["model"]["name"] == "panet" and cfg["model"]["kwargs"] == {"num_classes": 4}
+    assert cfg["model"]["name"] == "panet" and cfg["model"]["kwargs"] == {"out_channels": 4}  # the common name
     assert cfg["loss"]["deep_supervision"]["enabled"] is True
     assert cfg["data"]["use_all_for_training"] is True and cfg["train"]["precision"] == "mixed"
 

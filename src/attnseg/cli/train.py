@@ -104,7 +104,7 @@ def _model_width_keys(model_name: str) -> tuple[str | None, str | None]:
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
         var_kw = True
-    out = next((k for k in ("num_classes", "out_channels", "classes") if k in names), None)
+    out = next((k for k in ("out_channels", "num_classes", "classes") if k in names), None)
     if out is None and var_kw:  # presets forwarding **kwargs use the library's usual names
         out = "out_channels"
     return ("in_channels" if "in_channels" in names or var_kw else None), out

@@ -163,10 +163,10 @@ def infer_panet_config(state: Mapping[str, torch.Tensor], arch: str) -> dict[str
     else:
         norm = "instance"
     cfg: dict[str, Any] = {
-        "in_channels": int(w0.shape[1]),
-        "num_classes": int(state[f"{base}convds0.weight"].shape[0]),
-        "channels": channels,
         "spatial_dims": w0.dim() - 2,
+        "in_channels": int(w0.shape[1]),
+        "out_channels": int(state[f"{base}convds0.weight"].shape[0]),
+        "features": channels,
         "norm": norm,
         "act": "prelu" if f"{stem}act.weight" in state else "relu",
         "use_deconv": f"{base}up4_3.trans_conv.weight" in state,
@@ -235,5 +235,5 @@ def _plain(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _short(kwargs: dict[str, Any]) -> str:
-    keys = ("in_channels", "num_classes", "channels", "strides", "use_deconv", "head")
+    keys = ("in_channels", "out_channels", "features", "strides", "use_deconv", "head")
     return ", ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -58,17 +59,28 @@ BRATS_CHANNELS: tuple[int, ...] = (32, 64, 128, 256, 320)
 BRATS_STRIDES: tuple[int, ...] = (1, 2, 2, 2, 2)
 #: The reference BraTS 2020 configuration (configs/adam.cfg of the reference code).
 BRATS_CONFIG: dict[str, Any] = {
-    "in_channels": 4,
-    "num_classes": 4,
-    "channels": BRATS_CHANNELS,
-    "strides": BRATS_STRIDES,
     "spatial_dims": 3,
+    "in_channels": 4,
+    "out_channels": 4,
+    "features": BRATS_CHANNELS,
+    "strides": BRATS_STRIDES,
     "norm": "instance",
     "act": "prelu",
     "use_deconv": False,
     "reference_layout": True,
 }
 PRIOR_HEADS = ("fcn", "parallel")
+#: names of the first PANet release -> the library's common names (accepted, with a DeprecationWarning)
+DEPRECATED_NAMES = {"num_classes": "out_channels", "channels": "features", "img_size": "input_size"}
+
+
+def _resolve_alias(new_name: str, new: Any, old_name: str, old: Any, default: Any) -> Any:
+    """The value of ``new_name``, taking a deprecated ``old_name`` when given (it wins over a
+    registry default of the new name, so reference configs keep working)."""
+    if old is None:
+        return default if new is None else new
+    warnings.warn(f"PANet argument {old_name!r} is deprecated; use {new_name!r}", DeprecationWarning, stacklevel=3)
+    return old
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,13 +250,18 @@ class PANetUNet(_PANetBase):
     """Five-level residual U-Net of the PANet family with optional additive gates, deep
     supervision and prior attention.
 
+    The first three arguments are the library's model contract: ``spatial_dims, in_channels,
+    out_channels`` (stored on the model). ``num_classes``, ``channels`` and ``img_size`` (the
+    first release's names of ``out_channels``, ``features`` and ``input_size``) are accepted as
+    deprecated aliases, so reference configs and older checkpoints keep working.
+
     Args:
+        spatial_dims: 2 or 3.
         in_channels: input channels (4 BraTS modalities).
-        num_classes: output channels (logits).
-        channels: widths of the 5 levels.
+        out_channels: output channels (logits).
+        features: widths of the 5 levels.
         strides: stride of each level's first unit (right-padded with 1 to 5 entries, as the
             reference); the input must be divisible by their product (or use ``pad_input``).
-        spatial_dims: 2 or 3.
         norm, act: backbone/decoder normalisation and activation (``"prelu"`` = shared slope).
         use_deconv: transposed-conv upsampling (k3) instead of linear interpolation.
         block: ``"basic"`` (two 3×3 convs), ``"bottleneck"`` or ``"auto"`` (the reference rule:
@@ -261,16 +278,16 @@ class PANetUNet(_PANetBase):
         attention, attention_kwargs, attention_at: attention plug-in (:class:`AttentionPlugin`)
             at ``encoder`` (levels 0–3), ``bottleneck`` (level 4), ``decoder`` (levels 3–0) and
             ``skip`` sites (gates get the coarser decoder tensor as ``g``).
-        img_size: input spatial size, only needed by size-bound attention modules.
+        input_size: input spatial size, only needed by size-bound attention modules.
     """
 
     def __init__(
         self,
-        in_channels: int = 4,
-        num_classes: int = 4,
-        channels: Sequence[int] = BRATS_CHANNELS,
-        strides: Sequence[int] = BRATS_STRIDES,
         spatial_dims: int = 3,
+        in_channels: int = 4,
+        out_channels: int | None = None,
+        features: Sequence[int] | None = None,
+        strides: Sequence[int] = BRATS_STRIDES,
         norm: LayerSpec = "instance",
         act: LayerSpec = "prelu",
         use_deconv: bool = False,
@@ -285,9 +302,16 @@ class PANetUNet(_PANetBase):
         attention: str | Sequence[str] | None = None,
         attention_kwargs: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
         attention_at: str | Sequence[str] = ("encoder", "decoder"),
+        input_size: Sequence[int] | None = None,
+        *,
+        num_classes: int | None = None,
+        channels: Sequence[int] | None = None,
         img_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        num_classes = _resolve_alias("out_channels", out_channels, "num_classes", num_classes, 4)
+        channels = _resolve_alias("features", features, "channels", channels, BRATS_CHANNELS)
+        img_size = _resolve_alias("input_size", input_size, "img_size", img_size, None)
         d = check_spatial_dims(spatial_dims)
         channels = tuple(int(c) for c in channels)
         strides = tuple(int(s) for s in strides)
@@ -307,8 +331,10 @@ class PANetUNet(_PANetBase):
             head_norm = "batch" if reference_layout else norm
         if head_act is None:
             head_act = "prelu" if reference_layout else act
-        self.spatial_dims, self.in_channels, self.num_classes = d, int(in_channels), int(num_classes)
-        self.channels, self.strides = channels, strides
+        self.spatial_dims, self.in_channels, self.out_channels = d, int(in_channels), int(num_classes)
+        self.num_classes = self.out_channels  # the first release's name, kept for existing code
+        self.channels = self.features = channels
+        self.strides = strides
         self.total_stride = math.prod(strides)
         self.deep_supervision, self.gated, self.prior_head_type = bool(deep_supervision), bool(gate), prior_head
         self.pad_input, self.bottleneck = bool(pad_input), bottleneck
@@ -449,12 +475,14 @@ class PANetCascade(_PANetBase):
 
     output_keys = ("out", "stage1")
 
-    def __init__(self, in_channels: int = 4, num_classes: int = 4, deep_supervision: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 4, out_channels: int | None = None,
+                 deep_supervision: bool = False, *, num_classes: int | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.stage1 = PANetUNet(in_channels, 1, **kwargs)
-        self.stage2 = PANetUNet(in_channels, num_classes, deep_supervision=deep_supervision, **kwargs)
-        self.in_channels, self.num_classes = in_channels, num_classes
+        out_channels = _resolve_alias("out_channels", out_channels, "num_classes", num_classes, 4)
+        self.stage1 = PANetUNet(spatial_dims, in_channels, 1, **kwargs)
+        self.stage2 = PANetUNet(spatial_dims, in_channels, out_channels, deep_supervision=deep_supervision, **kwargs)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_classes = out_channels  # the first release's name, kept for existing code
         self.spatial_dims = self.stage1.spatial_dims
         self.output_keys = ("out", "stage1") + tuple(k for k in self.stage2.output_keys if k != "out")
 
@@ -541,7 +569,7 @@ def _reference_key(key: str, head: str | None, bottleneck: bool) -> str | None:
 
 _DESC = "(PANet family; defaults = reference BraTS 2020 configuration)"
 # tags read by registry-driven tests (tiny widths, a size every model of the family accepts)
-_TEST_TAGS: dict[str, Any] = {"test_kwargs": {"channels": (4, 8, 8, 16, 16)}, "test_input": (1, 4, 32, 32, 32)}
+_TEST_TAGS: dict[str, Any] = {"test_kwargs": {"features": (4, 8, 8, 16, 16)}, "test_input": (1, 4, 32, 32, 32)}
 
 
 @register_model("unet-res", family="panet", **_TEST_TAGS, defaults=dict(BRATS_CONFIG),
