@@ -38,6 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from attnseg.experiments.ablate_stats import cell_stats, compare_to_none, forest_plot
+from attnseg.infer.predict import load_predictor, predict_cases
+from attnseg.metrics.evaluate import evaluate_folders
+from attnseg.models import count_parameters, create_model
+from attnseg.report.table import markdown_table
+from attnseg.train import run_training
+from attnseg.train.config import resolve_config
+from attnseg.train.data import model_kwargs
 
 # 2-D / 2.5-D rows: variant name -> registered model and the data settings that make it 2-D
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -124,9 +135,6 @@ def _last_validation(run_dir: Path) -> dict[str, float]:
 
 def _gflops(model: Any, in_channels: int, patch: Sequence[int]) -> float:
     """Forward GFLOPs of one patch (batch 1), ``torch.utils.flop_counter`` (multiply-add = 2 FLOPs)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     model.eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -137,9 +145,6 @@ def _gflops(model: Any, in_channels: int, patch: Sequence[int]) -> float:
 def _per_case_scores(run_dir: Path, test_dir: Path, cfg: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Predict the held-out cases with the cell's best checkpoint and score them (BraTS rules):
     ``{case_id: {dice_<region>: .., hd95_<region>: .., dice_mean: .., hd95_mean: ..}}``."""
-    from attnseg.infer.predict import load_predictor, predict_cases
-    from attnseg.metrics.evaluate import evaluate_folders
-
     ckpt = run_dir / "checkpoints" / "best.pt"
     if not ckpt.exists():
         ckpt = run_dir / "checkpoints" / "last.pt"
@@ -176,11 +181,6 @@ def run_cell(base: dict[str, Any], cell: Cell, out_dir: Path, budget_minutes: fl
 
     With ``test_dir`` the best checkpoint also segments those held-out cases and the record
     holds their per-case Dice/HD95 (``per_case``), which the seeded statistics need."""
-    from attnseg.models import count_parameters, create_model
-    from attnseg.train import run_training
-    from attnseg.train.config import resolve_config
-    from attnseg.train.data import model_kwargs
-
     cfg = cell_config(base, cell, out_dir, budget_minutes)
     if device:
         cfg["device"] = device
@@ -273,8 +273,6 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
     gets the seeded statistics (:func:`seeded_statistics`): mean ± sd over seeds, bootstrap
     CIs, paired comparisons with the backbone without attention, a forest plot.
     ``table_only``: train nothing; the page is made from the finished cells and lists the missing ones."""
-    from attnseg.report.table import markdown_table
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # seed-major: an interrupted run has whole seeds of every cell (paired comparisons need them)
@@ -319,9 +317,6 @@ def run_ablation(config: dict[str, Any], backbones: Sequence[str], attentions: S
 
 def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int = 10000) -> list[str]:
     """Markdown lines of the seeded statistics (cells with per-case scores only); writes ``OUT/forest.png``."""
-    from attnseg.experiments.ablate_stats import cell_stats, compare_to_none, forest_plot
-    from attnseg.report.table import markdown_table
-
     cells: dict[tuple[str, str], dict[int, Any]] = {}
     meta: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
