@@ -271,7 +271,7 @@ def test_item9_ctrl_c_prints_the_resume_command(journey, tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "attnseg", "train", "--data", str(journey["ds"]), "--model", "unet",
-            "--set", "model.kwargs.features=[4,8]", "--patch-size", "8", "--epochs", "500", "--val-interval", "0",
+            "--set", "model.kwargs.features=[4,8]", "--patch-size", "8", "--epochs", "100000", "--val-interval", "0",
             "--device", "cpu", "--output-dir", str(tmp_path), "--name", "long"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     last = tmp_path / "long" / "checkpoints" / "last.pt"
@@ -281,6 +281,8 @@ def test_item9_ctrl_c_prints_the_resume_command(journey, tmp_path):
         time.sleep(0.2)
     assert last.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint after 600 s"
     time.sleep(0.5)
+    # far more epochs than can finish here: the run must still be going when the signal comes
+    assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
