@@ -27,7 +27,7 @@ def within(v, key):
 
 def test_knobs_within_their_ranges_and_every_kind_occurs():
     draws = [_draw_realistic(np.random.default_rng([0, i, 7919, 2])) for i in range(300)]
-    n_sat = thick = ghosts = bad = remnant = no_et = broken = thin = small = 0
+    n_sat = thick = ghosts = bad = remnant = no_et = broken = thin = small = margins = mains_n = 0
     for d in draws:
         mains = [t for t in d["tumours"] if not t["satellite"]]
         sats = [t for t in d["tumours"] if t["satellite"]]
@@ -42,8 +42,14 @@ def test_knobs_within_their_ranges_and_every_kind_occurs():
                 assert within(rim, "thin_rim_mm") or within(rim, "rim_mm")
                 thin += rim < K["rim_mm"][0]
             broken += t["broken"] > 0
+            # the non-enhancing margin stays inside the oedema; its contrast is a fraction of NET's
+            if t["margin"] > 0:
+                assert t["margin"] <= min(K["margin"][1], t["oedema"] - 1.15)
+                assert within(t["margin_contrast"], "margin_contrast")
+                margins += 1
+            mains_n += 1
         for t in sats:
-            assert within(t["radius"], "satellite_radius") and t["necrosis"] == 0
+            assert within(t["radius"], "satellite_radius") and t["necrosis"] == 0 and t["margin"] == 0
             small += 4 / 3 * np.pi * t["radius"] ** 3 < 50
         assert within(d["gain"], "case_gain") and within(d["enhancement"], "enhancement")
         assert within(d["oedema_contrast"], "oedema_contrast") and within(d["rim_heterogeneity"], "rim_heterogeneity")
@@ -64,6 +70,8 @@ def test_knobs_within_their_ranges_and_every_kind_occurs():
     for count, p in ((thick, K["p_thick"]), (ghosts, K["p_ghost"]), (bad, K["p_bad_strip"]),
                      (no_et, K["p_no_et"])):
         assert abs(count - 300 * p) < 4 * np.sqrt(300 * p * (1 - p)) + 1
+    p = K["p_margin"]
+    assert abs(margins - mains_n * p) < 4 * np.sqrt(mains_n * p * (1 - p)) + 1
     assert abs(n_sat / 300 - K["satellites_mean"]) < 0.25
     assert remnant > 0 and broken > 0 and thin > 0 and small > 0  # sub-50 mm³ satellites exist
     for s in range(K["sites"]):

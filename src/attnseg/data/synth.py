@@ -374,13 +374,19 @@ REALISTIC_KNOBS: dict[str, object] = {
     "satellite_distance": (6.0, 22.0),  # mm from the parent tumour's core surface, U
     "satellite_p_oedema": 0.5,          # a satellite has its own oedema halo
     "p_solid": 0.15,                    # core without necrosis
-    "p_thin_rim": 0.35,                 # thin enhancing rim ...
-    "thin_rim_mm": (1.2, 3.0),          # ... of this thickness (mm), U
+    "p_thin_rim": 0.5,                  # thin enhancing rim ...
+    "thin_rim_mm": (1.0, 3.0),          # ... of this thickness (mm), U
     "rim_mm": (3.0, 8.0),               # otherwise (mm), U
     "p_broken_rim": 0.4,                # part of the rim does not enhance (label 1) ...
     "broken_fraction": (0.15, 0.5),     # ... about this fraction of it, U
     "rim_heterogeneity": (0.08, 0.30),  # ET texture amplitude on every sequence, U
-    "enhancement": (1.25, 1.65),        # T1ce ET intensity relative to WM, U
+    "enhancement": (1.10, 1.60),        # T1ce ET intensity relative to WM, U
+    # non-enhancing tumour margin (label 1, part of TC) outside the enhancing rim of a main tumour;
+    # its signal is the local oedema's moved a fraction of the way to NET's, fading outwards
+    "p_margin": 0.7,                    # main tumours with a margin ...
+    "margin": (0.10, 0.40),             # ... this thick (core radii), U; kept ≥ 0.15 inside the oedema
+    "margin_contrast": (0.10, 0.50),    # NET-vs-oedema contrast at the rim (0 = like oedema), U
+    "margin_fade": 0.7,                 # ... falling by this fraction at the margin's outer edge
     "oedema_extent": (1.3, 2.6),        # oedema radius / core radius, U
     "oedema_fade": (0.08, 0.30),        # width of the oedema contrast fade (core-radius units), U
     "oedema_contrast": (0.45, 0.95),    # fraction of the full oedema contrast at its centre, U
@@ -446,6 +452,7 @@ def _draw_realistic(rng: np.random.Generator) -> dict:
     n = int(rng.choice([1, 2, 3], p=list(K["tumours_p"])))  # type: ignore[arg-type]
     has_et = bool(rng.random() >= float(K["p_no_et"]))  # type: ignore[arg-type]
     tumours: list[dict] = []
+    rng_m = rng.spawn(1)[0]  # margin draws: a child stream, so the other draws do not move
     for _ in range(n):
         for _attempt in range(50):
             r = _u(rng, "radius_first") if not tumours else _u(rng, "radius_other")
@@ -461,12 +468,19 @@ def _draw_realistic(rng: np.random.Generator) -> dict:
         rim = _u(rng, "thin_rim_mm") if thin else _u(rng, "rim_mm")
         nf = 0.0 if solid else max(0.0, 1.0 - rim / float(radii.min()))
         broken = bool(rng.random() < float(K["p_broken_rim"]))  # type: ignore[arg-type]
+        rot = _random_orthonormal(rng)
+        broken_fraction = _u(rng, "broken_fraction") if broken else 0.0
+        oedema = _u(rng, "oedema_extent")
+        has_margin = bool(rng_m.random() < float(K["p_margin"]))  # type: ignore[arg-type]
+        lo_m, hi_m = K["margin"]  # type: ignore[misc]
+        margin = min(float(rng_m.uniform(lo_m, hi_m)), oedema - 1.15) if has_margin else 0.0
+        m_contrast = _u(rng_m, "margin_contrast") if has_margin else 0.0
         tumours.append({
             "centre": np.asarray(centre, dtype=np.float64), "radius": r, "radii": radii,
-            "rot": _random_orthonormal(rng), "necrosis": nf, "rim_mm": 0.0 if solid else rim,
-            "broken": _u(rng, "broken_fraction") if broken else 0.0,
-            "oedema": _u(rng, "oedema_extent"), "fade": _u(rng, "oedema_fade"),
+            "rot": rot, "necrosis": nf, "rim_mm": 0.0 if solid else rim,
+            "broken": broken_fraction, "oedema": oedema, "fade": _u(rng, "oedema_fade"),
             "mass_k": float(rng.uniform(0.15, 0.4)), "mass_sigma": 1.3 * r, "satellite": False,
+            "margin": margin, "margin_contrast": m_contrast,
         })
     n_sat = min(int(rng.poisson(float(K["satellites_mean"]))), 4)  # type: ignore[arg-type]
     for _ in range(n_sat):
@@ -480,7 +494,7 @@ def _draw_realistic(rng: np.random.Generator) -> dict:
             "centre": parent["centre"] + dist * d, "radius": rs, "radii": np.full(3, rs),
             "rot": np.eye(3), "necrosis": 0.0, "rim_mm": 0.0, "broken": 0.0,
             "oedema": float(rng.uniform(2.0, 3.5)) if has_oedema else 0.0, "fade": _u(rng, "oedema_fade"),
-            "mass_k": 0.0, "mass_sigma": 1.0, "satellite": True,
+            "mass_k": 0.0, "mass_sigma": 1.0, "satellite": True, "margin": 0.0, "margin_contrast": 0.0,
         })
     mis = {}
     for m in ("t1", "t2", "flair"):
@@ -597,7 +611,10 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
         tc = torch.zeros(shape)       # partial-volume fractions of the core, necrosis and enhancing rim
         nc = torch.zeros(shape)
         et = torch.zeros(shape)
+        mg = torch.zeros(shape)       # non-enhancing margin fraction, and its NET-signal weight
+        mg_w = torch.zeros(shape)
         tau = 0.06
+        fade_m = float(REALISTIC_KNOBS["margin_fade"])  # type: ignore[arg-type]
         for t in tumours:
             lob = _cos_field(rng, 6, (0.3, 1.0))      # lobulated core
             fing = _cos_field(rng, 8, (0.5, 1.5))     # finger-like oedema
@@ -613,7 +630,7 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
                 ed_lab[sl] = torch.maximum(ed_lab[sl], _sig((t["oedema"] - rho_e) / tau) * ok)
                 ed_sig[sl] = torch.maximum(ed_sig[sl], _sig((t["oedema"] - rho_e) / t["fade"]) * ok)
             # the core on a grid ss× finer, box-averaged: partial volume of thin rims and small nodules
-            sl = _box_slices(t["centre"], float(t["radii"].max()) * 1.3 + 3, affine, shape)
+            sl = _box_slices(t["centre"], float(t["radii"].max()) * (1.3 + t["margin"] * 1.2) + 3, affine, shape)
             local = torch.einsum("ab,bxyz->axyz", rot, _fine_world(affine, sl, ss) - centre) / radii
             rho_c = local.norm(dim=0) * (1.0 + (0.0 if t["satellite"] else 0.08) * lob(local))
             f_tc = (rho_c < 1.0).float()
@@ -622,20 +639,31 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
             if t["broken"] > 0:  # the quantile of a unit-std field that leaves `broken` of the rim dark
                 q = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - t["broken"])))
                 f_et = f_et * (brk(local) < q).float()
-            pool = [F.avg_pool3d(f[None, None], ss)[0, 0] for f in (f_tc, f_nc, f_et)]
+            fs = [f_tc, f_nc, f_et]
+            if t["margin"] > 0:  # an irregular shell of non-enhancing tumour around the rim
+                mfield = _cos_field(rng, 6, (0.5, 1.5))
+                rho_m = (rho_c - 1.0) / (t["margin"] * (1.0 + 0.5 * mfield(local)).clamp_min(0.2))
+                f_mg = ((rho_m >= 0) & (rho_m < 1)).float()
+                fs += [f_mg, f_mg * t["margin_contrast"] * (1 - fade_m * rho_m.clamp(0, 1))]
+            pool = [F.avg_pool3d(f[None, None], ss)[0, 0] for f in fs]
             tc[sl] = torch.maximum(tc[sl], pool[0])
             nc[sl] = torch.maximum(nc[sl], pool[1])
             et[sl] = torch.maximum(et[sl], pool[2])
+            if t["margin"] > 0:
+                mg[sl] = torch.maximum(mg[sl], pool[3])
+                mg_w[sl] = torch.maximum(mg_w[sl], pool[4])
         if not has_et:
             et.zero_()
         et = torch.minimum(et, tc - nc).clamp_min(0)
         net = (tc - nc - et).clamp_min(0)  # non-enhancing core (broken rims, cases without ET)
-        ed_lab = torch.maximum(ed_lab, tc)
+        mg = torch.minimum(mg, 1 - tc)     # the margin lies outside the core proper
+        mg_w = torch.minimum(mg_w, mg)
+        ed_lab = torch.maximum(ed_lab, tc + mg)
         seg = torch.zeros(shape, dtype=torch.uint8)
         seg[ed_lab > 0.5] = 2
-        core = tc >= 0.5
+        core = tc + mg >= 0.5
         seg[core] = 1
-        seg[core & (et >= torch.maximum(nc, net))] = 4
+        seg[core & (et >= torch.maximum(nc, net + mg))] = 4
         wt = seg > 0
         # skull stripping: the template mask widened by the lesion, its boundary wobbling when imperfect
         brain = torch.maximum(anat.mask, ed_lab)
@@ -666,6 +694,9 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
             et_tex = 1.0 + kn["rim_heterogeneity"] * texture[1]
             img = ((1 - tc) * (1 - e) * healthy + e * c_ed * lesion_tex
                    + (et * c_et * et_tex + nc * c_ncr + net * c_net) * lesion_tex)
+            # the margin: its share of the local oedema signal moved toward NET's
+            oed = (1 - e) * healthy + e * c_ed * lesion_tex
+            img = img + mg_w * (c_net * lesion_tex - oed)
             img = img * torch.exp(site["bias"] * bias[m_i])
             if mod != "t1ce":
                 if kn["thick_mm"] is not None:
@@ -692,6 +723,7 @@ def synth_brats_case_realistic(seed: int, index: int, spacing: int = 2) -> dict:
         "tumours": [{"centre_mm": [round(float(v), 2) for v in t["centre"]], "radius_mm": round(t["radius"], 2),
                      "satellite": t["satellite"], "necrosis": round(t["necrosis"], 3), "rim_mm": round(t["rim_mm"], 3),
                      "broken": round(t["broken"], 3), "oedema": round(t["oedema"], 3), "fade": round(t["fade"], 3),
+                     "margin": round(t["margin"], 3), "margin_contrast": round(t["margin_contrast"], 3),
                      "volume_mm3": round(4 / 3 * math.pi * float(np.prod(t["radii"])), 1)} for t in tumours],
         "label_volumes_mm3": {str(v): float((seg == v).sum()) * voxel_mm3 for v in (1, 2, 4)},
     }
