@@ -201,9 +201,9 @@ def reduction(device: torch.device) -> str:
         assert D.any_rank(True, dd)
         objs: list = [None]
         dist.all_gather_object(objs, {"rank": 0})
-        from attnseg.train.trainer import _reduce_mean
+        from attnseg.train.step import reduce_mean
 
-        means = _reduce_mean({"loss": torch.tensor(4.0, device=device)}, 2, dd)
+        means = reduce_mean({"loss": torch.tensor(4.0, device=device)}, 2, dd)
         assert abs(means["loss"] - 1.0) < 1e-9, means
     finally:
         dist.destroy_process_group()

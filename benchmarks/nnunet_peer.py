@@ -6,7 +6,7 @@ two convolutions per stage, instance norm (affine), leaky ReLU, deep supervision
 channels, 3 region outputs (WT, TC, ET). Both sides get the same initial weights.
 
 * **training iteration** (patch 128³, batch 2; data loading excluded on both sides):
-  attnseg — the trainer's step (``attnseg.train.trainer._forward_loss``: CPU fast path with
+  attnseg — the trainer's step (``attnseg.train.step.forward_loss``: CPU fast path with
   channels-last oneDNN convolutions, Dice + BCE region loss with nnU-Net's deep-supervision
   weights on down-sampled targets, backward, gradient clipping at 12, SGD/Nesterov 0.99);
   nnU-Net — ``nnUNetTrainer.train_step`` (``device=cpu``; its own loss, clipping and optimizer) on the
@@ -121,7 +121,7 @@ def time_training(args: argparse.Namespace, workdir: str) -> list[dict]:
     from attnseg.infer import fastpath
     from attnseg.train.data import region_target
     from attnseg.train.losses import build_training_loss
-    from attnseg.train.trainer import _clip, _forward_loss
+    from attnseg.train.step import clip_gradients, forward_loss
 
     p, b = args.patch, args.batch
     tr, _, _ = nnunet_trainer(p, b, workdir)
@@ -152,16 +152,16 @@ def time_training(args: argparse.Namespace, workdir: str) -> list[dict]:
                                 "deep_supervision": {"enabled": True, "weights": weights,
                                                      "mode": "downsample_target"}}, "brats-regions")
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    # brats-regions: region_target() inside _forward_loss maps labels 1/2/3 (NCR, ED, ET) to WT/TC/ET
+    # brats-regions: region_target() inside forward_loss maps labels 1/2/3 (NCR, ED, ET) to WT/TC/ET
     a_batch = {"image": x, "label": lab}
     assert region_target(lab[:1], 3).shape[1] == 3
 
     def attnseg_step() -> float:
         t0 = time.perf_counter()
-        loss, _, _ = _forward_loss(model, crit, a_batch, torch.device("cpu"), True, None, "brats-regions")
+        loss, _, _ = forward_loss(model, crit, a_batch, torch.device("cpu"), True, None, "brats-regions")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        _clip(model, 12.0)
+        clip_gradients(model, 12.0)
         opt.step()
         return time.perf_counter() - t0
 

@@ -90,7 +90,7 @@ def test_the_mixed_backend_serves_cpu_tensors_and_object_collectives(one_rank_gr
 
 
 def test_trainer_reductions_hand_the_collective_tensors_on_the_reduce_device(monkeypatch):
-    from attnseg.train import trainer
+    from attnseg.train import step
 
     seen = []
 
@@ -101,7 +101,7 @@ def test_trainer_reductions_hand_the_collective_tensors_on_the_reduce_device(mon
     monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
     dd = D.DistInfo(0, 2, 0, torch.device("cpu"))
     sums = {"loss": torch.tensor(3.0), "main": torch.tensor(1.0, dtype=torch.bfloat16)}
-    means = trainer._reduce_mean(sums, 3, dd)
+    means = step.reduce_mean(sums, 3, dd)
     assert means == {"loss": pytest.approx(1.0), "main": pytest.approx(1 / 3)}
     assert seen == [dd.reduce_device]
 
@@ -359,15 +359,15 @@ class _Oracle(nn.Module):
 def test_patch_validation_scores_an_oracle_one_and_its_opposite_zero():
     from attnseg.train.config import resolve_config
     from attnseg.train.data import Volume
-    from attnseg.train.trainer import _validate_patches
+    from attnseg.train.validation import validate_patches
 
     vols = [Volume(v.case_id, np.stack([v.label.astype(np.float32), v.image[0]]), v.label)
             for v in tiny_volumes(2, 5)]
     cfg = resolve_config(tiny_config(Path("unused"), "p", validation__mode="patches", validation__patches=5,
                                      validation__sw_batch_size=2))
-    good = _validate_patches(_Oracle(), vols, cfg, torch.device("cpu"), False, D.DistInfo())
+    good = validate_patches(_Oracle(), vols, cfg, torch.device("cpu"), False, D.DistInfo())
     assert good == {"dice_ET": 1.0, "dice_TC": 1.0, "dice_WT": 1.0, "dice_mean": 1.0}
-    bad = _validate_patches(_Oracle(-1.0), vols, cfg, torch.device("cpu"), False, D.DistInfo())
+    bad = validate_patches(_Oracle(-1.0), vols, cfg, torch.device("cpu"), False, D.DistInfo())
     assert bad == {"dice_ET": 0.0, "dice_TC": 0.0, "dice_WT": 0.0, "dice_mean": 0.0}
 
 

@@ -200,30 +200,3 @@ def test_build_training_loss_defaults_follow_task():
     assert cls.main.loss.dice.activation == "softmax" and cls.prior is None
     with pytest.raises(ValueError, match="unknown loss"):
         build_training_loss({"name": "nope"}, "classes")
-
-
-def test_validation_scores_regions_and_classes_by_hand():
-    import numpy as np
-
-    from attnseg.train.trainer import validation_scores
-
-    label = np.zeros((4, 4), np.int64)
-    label[0, :2] = 3  # ET (⊂ TC ⊂ WT)
-    label[1, :2] = 2  # ED (WT only)
-    logits = torch.full((1, 4, 4, 4), -5.0)
-    logits[0, 1, 0, 0] = 5.0  # ET predicted on 1 of 2 voxels
-    logits[0, 3, :2, :2] = 5.0  # WT exact
-    s = validation_scores(logits, label, "brats-regions", activated=None)
-    assert s["dice_ET"] == pytest.approx(2 * 1 / 3) and s["dice_WT"] == 1.0
-    assert s["dice_TC"] == pytest.approx(0.0)  # TC predicted empty, reference has 2 voxels
-    h = validation_scores(logits, label, "brats-regions", activated=None, hd95=True)
-    assert (h["hd95_WT"], h["hd95_TC"]) == (0.0, 373.13)  # exact; empty prediction → BraTS 373.13
-    # directed distances ref→pred (0, 1) and pred→ref (0): 95th percentile, linear interpolation → 0.95
-    assert h["hd95_ET"] == pytest.approx(0.95)
-    empty = validation_scores(torch.full((1, 4, 4, 4), -5.0), np.zeros((4, 4), np.int64), "brats-regions", None)
-    assert empty == {"dice_ET": 1.0, "dice_TC": 1.0, "dice_WT": 1.0}  # both empty → 1 (BraTS rule)
-    probs = torch.zeros(1, 3, 4, 4)
-    probs[0, 0] = 1.0
-    probs[0, 2, 0, :2] = 2.0  # class 2 on the two ET voxels of `label` → classes view: label 3 absent
-    cls = validation_scores(probs, np.where(label == 3, 2, 0), "classes", activated="softmax")
-    assert cls == {"dice_1": 1.0, "dice_2": 1.0}

@@ -11,7 +11,7 @@ import torch
 
 from attnseg.infer import fastpath
 from attnseg.models import create_model
-from attnseg.train.trainer import _clip
+from attnseg.train.step import clip_gradients
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
 
@@ -24,14 +24,14 @@ def _step(model, opt, scaler, x, dtype, grad_clip=12.0, poison=False):
     opt.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
-        _clip(model, grad_clip)
+        clip_gradients(model, grad_clip)
         opt.step()
         return loss
     scaler.scale(loss).backward()
     if poison:
         next(model.parameters()).grad.view(-1)[0] = float("inf")
     scaler.unscale_(opt)
-    _clip(model, grad_clip)
+    clip_gradients(model, grad_clip)
     scaler.step(opt)
     scaler.update()
     return loss
