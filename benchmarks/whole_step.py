@@ -3,8 +3,8 @@ hand-written backward of ``attnseg.attention``: a U-Net with that module at ever
 decoder level, one training iteration (forward + Dice-CE loss + backward + Adam step; no data
 loader) at 1×4×64³ (3D) and 2×4×128² (2D), in these modes:
 
-* ``layer``   — the defaults: fused autograd nodes (``attention/_fused.py``) and, for contiguous
-  float32 CPU tensors, the numba kernels (``attention/_kernels.py``);
+* ``layer``   — the defaults: the speed-up layer (``attention/_accel/``) with, for contiguous
+  float32 CPU tensors, the numba kernels (``attention/_accel/kernels.py``);
 * ``numba0``  — ``ATTNSEG_NUMBA=0``: fused nodes with PyTorch ops inside, no numba;
 * ``plain``   — ``ATTNSEG_NUMBA=0 ATTNSEG_FUSED=0``: plain autograd (``ATTNSEG_FUSED`` switched the
   fused nodes off while they existed; since their removal this equals ``numba0``);
@@ -173,7 +173,7 @@ def main() -> None:
     if args.quick:
         args.modules, args.shapes, args.no_compile, args.rounds = ["scse", "pam"], ["3d"], True, 2
     modes = [m for m in args.modes if not (m == "compile" and args.no_compile)]
-    from attnseg.attention import _kernels
+    from attnseg.attention._accel import kernels
 
     rows, verdicts, firsts = [], [], []
     for module in args.modules:
@@ -215,7 +215,7 @@ def main() -> None:
     clock = "thread CPU s" if args.clock == "cpu" else "wall s"
     title = (f"whole training step (U-Net {FEATURES} + module at encoder and decoder, Dice-CE, Adam), "
              f"{args.threads} thread(s), {clock}, median of {args.rounds} alternating rounds x {args.steps} steps, "
-             f"layout {args.layout}, numba available: {_kernels.numba is not None}")
+             f"layout {args.layout}, numba available: {kernels.numba is not None}")
     tables = [(title, rows),
               ("kept / removed (>= 10 % faster whole step than the best alternative)", verdicts),
               ("torch.compile: first step (compilation) and steady state", firsts)]

@@ -11,8 +11,8 @@ def _one_thread(one_thread):
 
 
 def _fused_and_plain_grads(m, x, g, plain):
-    """Gradients (input, then every parameter) of ``m(x)`` (its custom autograd node) and of
-    ``plain(x)`` (the same maths in plain autograd) for the output gradient ``g``, after
+    """Gradients (input, then every parameter) of ``m(x)`` (the module, speed-up layer included)
+    and of ``plain(x)`` (the same maths written out in plain autograd) for the output gradient ``g``, after
     asserting equal outputs. A parameter that plain autograd leaves unused (``None``) counts
     as zero. Returns ``(fused, plain)`` lists to compare pairwise."""
     y = m(x)
@@ -28,5 +28,5 @@ def _fused_and_plain_grads(m, x, g, plain):
 
 @pytest.fixture
 def fused_and_plain_grads():
-    """:func:`_fused_and_plain_grads` for tests that compare a fused node with plain autograd."""
+    """:func:`_fused_and_plain_grads` for tests that compare a module with its plain definition."""
     return _fused_and_plain_grads

@@ -63,7 +63,7 @@ def _plain_se(m, x):
 
 @pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {"combine": "max"}, 3),
                                           ("scse", {"combine": "max"}, 2), ("scse", {}, 3), ("scse", {}, 2)])
-def test_fused_se_backward_equals_plain_autograd(name, kw, dims, fused_and_plain_grads):
+def test_se_backward_equals_plain_autograd(name, kw, dims, fused_and_plain_grads):
     torch.manual_seed(7)
     m = create_attention(name, 6, dims, **kw).double()
     for p in m.parameters():
@@ -76,7 +76,7 @@ def test_fused_se_backward_equals_plain_autograd(name, kw, dims, fused_and_plain
     assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))
 
 
-def test_cse_fused_backward_equals_plain_autograd(fused_and_plain_grads):
+def test_cse_backward_equals_plain_autograd(fused_and_plain_grads):
     torch.manual_seed(8)
     m = create_attention("cse", 6, 3, reduction=2).double()
     x = torch.randn(2, 6, 5, 4, 3, dtype=torch.double, requires_grad=True)

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import pooled_scale
 from attnseg.attention.se import ChannelSE
 from attnseg.blocks import check_spatial_dims, conv
 
@@ -64,13 +63,10 @@ class EfficientChannelAttention(nn.Module):
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def _scale(self, z: torch.Tensor) -> torch.Tensor:
-        # z: (B, C, 1) channel means → (B, C, 1) weights; the conv runs across channels
-        return torch.sigmoid(self.conv(z.transpose(1, 2))).transpose(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # pool → tiny net → rescale with the lean backward of attnseg.attention._fused
-        return pooled_scale(x, None, self._scale)
+        z = x.flatten(2).mean(-1).unsqueeze(1)  # (B, 1, C) channel means; the conv runs across channels
+        w = torch.sigmoid(self.conv(z))
+        return x * w.view(*x.shape[:2], *(1,) * (x.dim() - 2))
 
 
 @register_attention("cbam", family="channel+spatial",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import eager, pooled_scale
+from attnseg.attention._accel import combine
 from attnseg.blocks import check_spatial_dims, conv
 
 
@@ -31,15 +31,11 @@ class ChannelSE(nn.Module):
     def mlp(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.relu(self.fc1(z)))
 
-    def _avg_scale(self, z: torch.Tensor) -> torch.Tensor:
-        # z: (B, C, 1) channel means → (B, C, 1) weights
-        return torch.sigmoid(self.mlp(z[..., 0])).unsqueeze(-1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "avg":
-            return pooled_scale(x, None, self._avg_scale)
         flat = x.flatten(2)
-        if self.pooling == "max":
+        if self.pooling == "avg":
+            logits = self.mlp(flat.mean(-1))
+        elif self.pooling == "max":
             logits = self.mlp(flat.max(-1).values)
         else:
             logits = self.mlp(flat.mean(-1)) + self.mlp(flat.max(-1).values)
@@ -83,8 +79,7 @@ class ConcurrentSE(nn.Module):
     input and combined by ``combine``: ``"add"``/``"sum"`` (default: the element-wise sum of the
     original MICCAI 2018 paper, as segmentation_models_pytorch), ``"max"`` (element-wise
     maximum, the "max-out" aggregation of the journal version, Roy et al. IEEE TMI 2019) or
-    ``"mul"`` (``x · s_c · s_s``). Plain autograd in training (a fused node with compiled
-    kernels was removed: the whole U-Net training step gained too little; docs/benchmarks.md).
+    ``"mul"`` (``x · s_c · s_s``).
     Shape ``(B, C, *spatial)`` → same.
     """
 
@@ -101,17 +96,8 @@ class ConcurrentSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.combine == "mul":
             return self.sse(self.cse(x))
-        if not torch.is_grad_enabled() and eager():
-            # inference: two full-size products combined in place (same values)
-            y = self.cse(x)
-            spatial = x * self.sse.spatial_map(x)
-            return torch.maximum(y, spatial, out=y) if self.combine == "max" else y.add_(spatial)
-        a, b = self.cse(x), self.sse(x)
-        if self.combine == "max":
-            # max(a, b) = b + relu(a - b): same values; PyTorch's backward of maximum/where is
-            # several times slower on CPU than relu's
-            return b + torch.relu(a - b)
-        return a + b
+        # max(cse(x), sse(x)) or their sum; _accel may compute it in place / with a faster backward
+        return combine(self.cse(x), self.sse(x), self.combine)
 
 
 @register_attention("sse", family="spatial", description="Spatial squeeze-and-excitation (Roy et al. 2018)")

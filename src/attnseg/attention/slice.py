@@ -21,8 +21,11 @@ index into the spatial dims: for 3D inputs ``(B, C, D, H, W)`` the default ``0``
 * ``pam`` (:class:`ProgressiveAttention`): ``slice`` (reference "ag" flavour) → ``kss`` →
   ``ksca`` on the slice-attended tensor, applied as a single multiply
   ``x · (s ⊗ t)``: the key-slice mean of ``x · s`` equals ``Σ_key s_j z_j / #key`` so the
-  attended tensor is never materialised, and training uses the two-pass backward of
-  :mod:`attnseg.attention._fused`.
+  attended tensor is never materialised.
+
+Every module here is one path of plain autograd; the per-slice pooling and rescaling are the
+speed-up layer's :func:`~attnseg.attention._accel.slice_stats` /
+:func:`~attnseg.attention._accel.scale_slices` (views of ``x``'s own layout, no copies).
 
 Reference parity (``seed-models.md`` §5.2–§5.3): ``clamp_reduction=True`` uses
 ``r = min(reduction, D)`` (scSE flavour); ``False`` uses ``r = reduction`` as the PAM
@@ -44,13 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import register_attention
-from attnseg.attention._fused import (
-    broadcast_shape,
-    pooled_max,
-    pooled_mean,
-    pooled_scale,
-    slice_layout,
-)
+from attnseg.attention._accel import scale_slices, slice_stats
 from attnseg.blocks import check_spatial_dims
 
 POOLINGS = ("avg", "max", "avg+max")
@@ -67,17 +64,6 @@ def _check_axis(slice_axis: int, spatial_dims: int) -> int:
     if not 0 <= int(slice_axis) < spatial_dims:
         raise ValueError(f"slice_axis must index a spatial dim (0..{spatial_dims - 1}), got {slice_axis}")
     return int(slice_axis)
-
-
-def _slice_stats(x: torch.Tensor, slice_axis: int, want_max: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-slice mean (and max) of ``x``: ``(B, C, D)`` each."""
-    x5 = x.reshape(slice_layout(x.shape, slice_axis))
-    return pooled_mean(x5), (pooled_max(x5) if want_max else None)
-
-
-def _apply_slice_scale(x: torch.Tensor, a: torch.Tensor, slice_axis: int) -> torch.Tensor:
-    """``x · a`` with ``a`` of shape ``(B, C, D)`` broadcast over the non-slice axes."""
-    return x * a.contiguous().view(broadcast_shape(x.shape, slice_axis))
 
 
 def key_slice_mask(slice_weights: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -215,15 +201,13 @@ class SliceAttention(nn.Module):
         return torch.sigmoid(logits)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x · s, s)`` with ``s`` the slice weights ``(B, C, D)`` (plain autograd)."""
-        zavg, zmax = _slice_stats(x, self.slice_axis, self.needs_max)
+        """``(x · s, s)`` with ``s`` the slice weights ``(B, C, D)``."""
+        zavg, zmax = slice_stats(x, self.slice_axis, self.needs_max)
         s = self.weights(zavg, zmax)
-        return _apply_slice_scale(x, s, self.slice_axis), s
+        return scale_slices(x, s, self.slice_axis), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.needs_max:
-            return self.forward_with_weights(x)[0]
-        return pooled_scale(x, self.slice_axis, self.weights)
+        return self.forward_with_weights(x)[0]
 
 
 class KeySliceSelection(nn.Module):
@@ -296,13 +280,7 @@ class KeySliceChannelAttention(nn.Module):
         return torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.needs_max:
-            def scale(z: torch.Tensor) -> torch.Tensor:
-                m = torch.ones_like(z, dtype=torch.bool) if mask is None else mask
-                return self.weights(z, None, m).unsqueeze(-1).expand_as(z)
-
-            return pooled_scale(x, self.slice_axis, scale)
-        zavg, zmax = _slice_stats(x, self.slice_axis, True)
+        zavg, zmax = slice_stats(x, self.slice_axis, self.needs_max)
         if mask is None:
             mask = torch.ones_like(zavg, dtype=torch.bool)
         t = self.weights(zavg, zmax, mask)
@@ -363,21 +341,14 @@ class ProgressiveAttention(nn.Module):
         t = self.channel.weights(zavg, zmax, mask, s)
         return s, mask, t
 
-    def _combined(self, zavg: torch.Tensor, zmax: torch.Tensor | None = None) -> torch.Tensor:
-        s, _, t = self.scales(zavg, zmax)
-        return s * t.unsqueeze(-1)
-
     def forward_with_masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(y, s, mask, t)``: output, slice weights, key-slice mask and channel weights."""
-        zavg, zmax = _slice_stats(x, self.slice_axis, self.needs_max)
+        zavg, zmax = slice_stats(x, self.slice_axis, self.needs_max)
         s, mask, t = self.scales(zavg, zmax)
-        return _apply_slice_scale(x, s * t.unsqueeze(-1), self.slice_axis), s, mask, t
+        return scale_slices(x, s * t.unsqueeze(-1), self.slice_axis), s, mask, t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.needs_max:
-            zavg, zmax = _slice_stats(x, self.slice_axis, True)
-            return _apply_slice_scale(x, self._combined(zavg, zmax), self.slice_axis)
-        return pooled_scale(x, self.slice_axis, self._combined)
+        return self.forward_with_masks(x)[0]
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnseg.attention import _kernels, register_attention
-from attnseg.attention._fused import eager
+from attnseg.attention import register_attention
+from attnseg.attention._accel import grid_sample
 from attnseg.blocks import ConvNormAct, check_spatial_dims
 
 
@@ -25,39 +25,6 @@ def affine_grid(theta: torch.Tensor, size: list[int] | tuple[int, ...]) -> torch
     base = torch.stack([*reversed(mesh), torch.ones_like(mesh[0])], dim=-1).reshape(-1, n + 1)
     grid = base @ theta.transpose(1, 2)  # (B, N, n)
     return grid.reshape(theta.shape[0], *size, n)
-
-
-class _Bilinear(torch.autograd.Function):
-    """2D ``grid_sample`` (bilinear, zero padding, ``align_corners=False``): PyTorch's own
-    (vectorised) forward, and a compiled backward (:mod:`attnseg.attention._kernels`) that
-    computes the corner weights once per point and then scatters/dots channel plane by
-    channel plane in the input's own layout (PyTorch's CPU backward is ~4x its forward)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, grid)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor):
-        x, grid = ctx.saved_tensors
-        return _kernels.bilinear_backward(x, grid, gy, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-
-
-def grid_sample_2d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
-    for 4-D inputs, with the compiled backward for contiguous float32 CPU tensors when a
-    gradient is needed (same values up to float rounding)."""
-    if torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad) and eager() and _kernels.applies(x, grid):
-        return _Bilinear.apply(x, grid)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def grid_sample_3d(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """``F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)``
-    for 5-D inputs (PyTorch's own: compiled trilinear kernels were removed on 2026-12-03, their gain on a
-    whole U-Net training step was under the 10 % bar; figures in docs/benchmarks.md)."""
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class SpatialTransformer(nn.Module):
@@ -106,10 +73,8 @@ class SpatialTransformer(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             xf = x.float()
             grid = affine_grid(theta, list(x.shape[2:]))
-            if self.mode == "bilinear":
-                y = grid_sample_3d(xf, grid) if self.spatial_dims == 3 else grid_sample_2d(xf, grid)
-            else:
-                y = F.grid_sample(xf, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
+            # = F.grid_sample(xf, grid, mode, zero padding, align_corners=False); _accel may take over
+            y = grid_sample(xf, grid, self.mode)
         return y.to(x.dtype)
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnseg.attention.slice import ProgressiveAttention, SliceAttention, _slice_stats, key_slice_mask
+from attnseg.attention._accel import slice_stats
+from attnseg.attention.slice import ProgressiveAttention, SliceAttention, key_slice_mask
 from attnseg.data.preprocess import preprocess_case, preprocess_config
 from attnseg.data.readers import find_cases, load_case
 from attnseg.models.checkpoint import build_model_from_checkpoint
@@ -75,7 +76,7 @@ def slice_weight_profiles(model: nn.Module, x: torch.Tensor) -> list[SliceProfil
         def hook(_mod: nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
             z = inputs[0]
             axis = int(m.slice_axis)
-            zavg, zmax = _slice_stats(z.float(), axis, bool(m.needs_max))
+            zavg, zmax = slice_stats(z.float(), axis, bool(m.needs_max))
             if isinstance(m, ProgressiveAttention):
                 s, mask, _ = m.scales(zavg, zmax)
             else:

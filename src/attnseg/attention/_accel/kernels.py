@@ -1,4 +1,4 @@
-"""Compiled CPU kernel (numba) for the training path of 2D ``stn`` (not re-measured in a whole step yet).
+"""Compiled CPU kernel (numba) for the training path of 2D ``stn``.
 
 PyTorch's eager CPU ops cannot fuse passes over memory, and its CPU ``grid_sample`` is a
 scalar loop. Each kernel here is one compiled call:
@@ -107,9 +107,6 @@ if numba is not None:
                         giy += dots[n, k] * wx * np.float32(2 * dy - 1)
                 ggrid[b, n, 0] = gix * np.float32(0.5 * wn)
                 ggrid[b, n, 1] = giy * np.float32(0.5 * hn)
-
-    # spatial / spatial-and-channel SE; x (B, C, N); mode 0 = spatial only, 1 = add, 2 = max
-    # (the channel branch wins where x·sc > x·ss strictly, ties go to the spatial branch)
 
 
 def bilinear_backward(x: torch.Tensor, grid: torch.Tensor, gout: torch.Tensor, want_x: bool, want_grid: bool
