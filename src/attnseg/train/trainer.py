@@ -239,18 +239,19 @@ class _Run:
     amp_dtype: torch.dtype | None
     compiled: bool
     iters: int  # iterations per epoch
+    loader: torch.utils.data.DataLoader
+    batches: EpochTaggedBatches  # the loader's sampler, told the epoch
+    guard: NonFiniteGuard
+    progress: Progress
+    # the last checkpoint written from a good state (one item, shared with the guard), named when
+    # training stops on a fault
+    last_good: list[str]
     val_vols: list[Volume]  # this rank's
     n_val: int  # over all ranks
-    loader: Any = None
-    batches: EpochTaggedBatches | None = None
-    guard: NonFiniteGuard | None = None
-    progress: Progress | None = None
     start_epoch: int = 0
     iteration: int = 0  # iterations done
     best: float | None = None
     best_epoch: int | None = None
-    # the last checkpoint written from a good state, named when training stops on a fault
-    last_good: list[str] = field(default_factory=lambda: ["none written yet"])
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
@@ -326,8 +327,8 @@ def _validate_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> bool:
 def _setup(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: bool, folder: RunFolder,
            volumes: tuple[Sequence[Volume], Sequence[Volume]] | None, ckpt: dict[str, Any] | None,
            ckpt_path: Path | None) -> _Run:
-    """Data plan, model, loss, optimiser, schedule and scaler; the resumed state of ``ckpt``;
-    then the loader, the non-finite guard and the progress display."""
+    """Data plan, model, loss, optimiser, schedule, scaler, loader, guard and progress display;
+    then the state of ``ckpt`` when resuming."""
     tr, dcfg = cfg["train"], cfg["data"]
     if volumes is not None:
         train_cache, train_idx = MemoryCache(volumes[0]), None
@@ -343,32 +344,37 @@ def _setup(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: bool, 
     dataset = patch_dataset(train_cache, dcfg["patch_size"], iters * global_batch, dcfg["foreground_fraction"],
                             dcfg["augmentation"], int(cfg["seed"]), train_idx, dcfg.get("slice_axis"),
                             int(dcfg.get("context") or 0))
-    run = _build_model(cfg, device, dd, fast, folder, dataset, iters)
-    run.val_vols, run.n_val = val_vols, n_val
+    amp_dtype, use_scaler = resolve_precision(tr["precision"], device)
+    model, raw, criterion, compiled = _build_model(cfg, device, dd, fast, dataset, amp_dtype)
+    optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
+    schedule = build_schedule(optimizer, tr["schedule"], iters, int(tr["epochs"]))
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    # one loader for the whole run: persistent workers keep their processes (and the patch
+    # pipeline's state) between epochs; the epoch travels with every index (EpochTagged)
+    sampler = EpochTaggedBatches(EpochPlan(dataset, iters, int(dcfg["batch_size"]), dd.rank, dd.world))
+    workers = int(dcfg["workers"])
+    loader = torch.utils.data.DataLoader(EpochTagged(dataset), batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
+                                         persistent_workers=workers > 0,
+                                         prefetch_factor=int(dcfg.get("prefetch", 2)) if workers > 0 else None)
+    last_good = ["none written yet"]
+    guard = NonFiniteGuard(int(tr["max_nonfinite_steps"]), lambda: last_good[0],
+                           sync=(lambda bad: any_rank(bad, dd)) if dd.world > 1 else None)
+    run = _Run(cfg, device, dd, fast, folder, model, raw, criterion, optimizer, schedule, scaler, amp_dtype,
+               compiled, iters, loader, sampler, guard, Progress(cfg["log"], dd.main), last_good, val_vols, n_val)
     if ckpt is not None:
         _resume(run, ckpt, ckpt_path)
     if dd.main:
         LOG.info("training %s: %d train / %d val cases, %d epochs x %d iterations, global batch %d, %s%s%s",
                  cfg["model"]["name"], n_train, n_val, int(tr["epochs"]), iters, global_batch, device,
-                 f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if run.amp_dtype else "")
-    run.progress = Progress(cfg["log"], dd.main)
-    # one loader for the whole run: persistent workers keep their processes (and the patch
-    # pipeline's state) between epochs; the epoch travels with every index (EpochTagged)
-    run.batches = EpochTaggedBatches(EpochPlan(dataset, iters, int(dcfg["batch_size"]), dd.rank, dd.world))
-    workers = int(dcfg["workers"])
-    run.loader = torch.utils.data.DataLoader(EpochTagged(dataset), batch_sampler=run.batches, num_workers=workers,
-                                             pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn,
-                                             persistent_workers=workers > 0,
-                                             prefetch_factor=int(dcfg.get("prefetch", 2)) if workers > 0 else None)
-    run.guard = NonFiniteGuard(int(tr["max_nonfinite_steps"]), lambda: run.last_good[0],
-                               sync=(lambda bad: any_rank(bad, dd)) if dd.world > 1 else None)
+                 f", {dd.world} ranks" if dd.world > 1 else "", f", {tr['precision']}" if amp_dtype else "")
     return run
 
 
-def _build_model(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: bool, folder: RunFolder,
-                 dataset: Any, iters: int) -> _Run:
-    """Model (CPU fast path, DDP, torch.compile as configured), loss, optimiser, schedule (per
-    iteration, ``iters`` of them an epoch) and gradient scaler."""
+def _build_model(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: bool, dataset: Any,
+                 amp_dtype: torch.dtype | None) -> tuple[nn.Module, nn.Module, nn.Module, bool]:
+    """``(model, raw, loss, compiled)``: ``raw`` is the plain module, ``model`` the one the steps
+    call (CPU fast path, DDP, torch.compile as configured)."""
     tr = cfg["train"]
     for name in cfg["model"]["imports"]:  # plug-in modules that register models or attention
         importlib.import_module(name)
@@ -383,22 +389,17 @@ def _build_model(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: 
         # of upsampling every head to the patch size (models without the switch ignore it)
         raw.ds_native_size = True
     criterion = build_training_loss(cfg["loss"], cfg["task"]["kind"]).to(device)
-    amp_dtype, use_scaler = resolve_precision(tr["precision"], device)
     if dd.world > 1:
         unused = find_unused(cfg, raw, criterion, dataset, device, fast, amp_dtype, dd)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     if compiled:  # one static shape (the patch); checkpoints and validation use the plain `raw`
         model = torch.compile(model, dynamic=False)
-    optimizer = build_optimizer(raw.parameters(), tr["optimizer"])
-    schedule = build_schedule(optimizer, tr["schedule"], iters, int(tr["epochs"]))
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and dd.main and \
             not fastpath.onednn_bf16_supported():
         LOG.warning("bf16 autocast on a CPU without native bf16 convolutions (no AVX-512 BF16/AMX): "
                     "it is emulated and slower than fp32")
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    return _Run(cfg, device, dd, fast, folder, model, raw, criterion, optimizer, schedule, scaler, amp_dtype,
-                compiled, iters, [], 0)
+    return model, raw, criterion, compiled
 
 
 def _resume(run: _Run, ckpt: dict[str, Any], ckpt_path: Path | None) -> None:
@@ -411,7 +412,7 @@ def _resume(run: _Run, ckpt: dict[str, Any], ckpt_path: Path | None) -> None:
     set_rng_state(ckpt["rng"], run.device)
     run.start_epoch, run.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
     run.best, run.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
-    run.last_good = [f"{ckpt_path} (epoch {run.start_epoch})"]
+    run.last_good[0] = f"{ckpt_path} (epoch {run.start_epoch})"
     run.folder.load_rows(run.start_epoch)
     LOG.info("resumed from epoch %d (iteration %d)", run.start_epoch, run.iteration)
 
