@@ -14,9 +14,10 @@ of forward+backward beyond the inputs (from the profiler's allocation events), n
   textbook form of the module spends in convolutions (attnseg applies some of them to pooled
   or projected tensors instead, e.g. ``pe``'s first 1×1 conv and ``dual``'s query/key/value).
 
-Rows marked "(PyTorch ops)" run the same module with ``ATTNSEG_NUMBA=0``, i.e. without the
-compiled CPU kernels of ``attnseg.attention._kernels`` (used by pam, slice, cse, ksca, eca,
-sse/scse, cbam and stn), so the gain of those kernels is measured side by side in the same run.
+The row marked "(PyTorch ops)" runs stn with ``ATTNSEG_NUMBA=0``, i.e. without the compiled CPU
+kernel of the speed-up layer (``attnseg.attention._accel``; after the whole-step benchmarks,
+benchmarks/whole_step.py, only stn's 2D sampling backward kept one), so its gain is measured side
+by side in the same run.
 
 Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
 channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as
@@ -139,15 +140,10 @@ def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, 
 
 
 # non-default settings with their own rows (label → registered name, keyword arguments,
-# environment): the PyTorch-ops rows show what the compiled kernels (attnseg.attention._kernels)
-# gain, side by side in the same run
+# environment): the PyTorch-ops row shows what the compiled stn kernel gains, side by side
 _TORCH_OPS = {"ATTNSEG_NUMBA": "0"}
 VARIANTS = {
     "scse (combine=max)": ("scse", {"combine": "max"}, {}),
-    "pam (PyTorch ops)": ("pam", {}, _TORCH_OPS),
-    "cse (PyTorch ops)": ("cse", {}, _TORCH_OPS),
-    "scse (PyTorch ops)": ("scse", {}, _TORCH_OPS),
-    "scse (combine=max, PyTorch ops)": ("scse", {"combine": "max"}, _TORCH_OPS),
     "stn (PyTorch ops)": ("stn", {}, _TORCH_OPS),
 }
 
@@ -300,11 +296,8 @@ def pam_table(repeats: int, channel_list: tuple[int, ...]) -> None:
         yard = Yardstick(c, 3)
         ours = create_attention("pam", c, 3, spatial_size=size)
         variants = {"x*w (yardstick)": yard, "loop reference-style": LoopPAM(c, size[0]),
-                    "plain vectorised": PlainPAM(ours), "attnseg pam (PyTorch ops)": ours, "attnseg pam": ours}
-        res = {}
-        for k, m in variants.items():
-            with environment(_TORCH_OPS if "PyTorch ops" in k else {}):
-                res[k] = measure(m, (x,), yard, repeats)
+                    "plain vectorised": PlainPAM(ours), "attnseg pam": ours}
+        res = {k: measure(m, (x,), yard, repeats) for k, m in variants.items()}
         loop = res["loop reference-style"]
         for k, r in res.items():
             # speed-ups through the paired yardstick ratios (robust to load drift between rows)

@@ -73,19 +73,6 @@ def onednn_bf16_supported() -> bool:
     return bool(_STATE["bf16"])
 
 
-def drop_emulated_bf16(names: list[str], force: bool = False, what: str = "the bf16 rows") -> list[str]:
-    """``names`` without those ending in ``bf16`` where bf16 would be emulated (see
-    :func:`onednn_bf16_supported`), printing a note; unchanged if ``force`` or bf16 is native.
-
-    For benchmarks: emulated bf16 convolutions run at ~0.1-1 GFLOP/s here, hours for a volume.
-    """
-    if force or not any(n.endswith("bf16") for n in names) or onednn_bf16_supported():
-        return names
-    print(f"note: this CPU has no native oneDNN bf16 (AVX-512 BF16/AMX); {what} are skipped "
-          "(--force-bf16 runs them anyway)", flush=True)
-    return [n for n in names if not n.endswith("bf16")]
-
-
 def _strided_pointwise(self: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """A 1×1 convolution with stride ``s`` and no padding is the stride-1 one on every
     ``s``-th voxel: returns ``(x subsampled, stride)`` (``x`` unchanged for other convolutions).
