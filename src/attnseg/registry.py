@@ -3,13 +3,18 @@
 Entries carry metadata (family, supported spatial dims, one-line description and the
 default keyword arguments that define the documented configuration), so listings and
 tables are generated from the registry rather than kept by hand.
+
+Each registry declares the **tags** an entry may carry (plain values such as a model's size
+divisor or its auxiliary outputs) with the value an entry gets when it does not declare one;
+an undeclared tag is an error at registration, so callers read ``entry.tags[name]`` instead of
+guessing from constructor signatures or keeping tables keyed by entry names.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -32,10 +37,14 @@ class Entry:
 
 
 class Registry:
-    """Maps names (and aliases) to :class:`Entry` objects."""
+    """Maps names (and aliases) to :class:`Entry` objects.
 
-    def __init__(self, kind: str) -> None:
+    ``tags`` maps every tag an entry may declare to the value it gets when it declares none.
+    """
+
+    def __init__(self, kind: str, tags: Mapping[str, Any] | None = None) -> None:
         self.kind = kind
+        self.tags: dict[str, Any] = dict(tags or {})
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
 
@@ -70,6 +79,15 @@ class Registry:
         return deco
 
     def add(self, entry: Entry) -> None:
+        """Register ``entry``; its tags are completed with the registry's defaults.
+
+        Raises ``ValueError`` for a name or alias already taken and for an undeclared tag.
+        """
+        unknown = sorted(set(entry.tags) - set(self.tags))
+        if unknown:
+            raise ValueError(f"{self.kind} {entry.name!r}: unknown tag(s) {unknown}; "
+                             f"known tags: {sorted(self.tags)}")
+        entry = replace(entry, tags={**self.tags, **entry.tags})
         for key in (entry.name, *entry.aliases):
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} {key!r} is already registered")

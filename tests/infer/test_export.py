@@ -122,21 +122,23 @@ def test_unknown_format_is_a_clear_error(tmp_path):
 # ---- every registered model -------------------------------------------------------------------
 
 # Models register their documented (often heavy) configuration as defaults. For a quick parity
-# check each is built with a registry tag ``test_kwargs`` when it has one, else with its width
-# lists divided by 4, and run at the smallest cubic input it accepts (``test_input`` tag wins).
+# check each is built with its registry tag ``test_kwargs`` when it has one, else with the
+# widths of its ``width_arg`` tag divided by 4, and run at its ``test_input`` tag when it has one,
+# else at the smallest cubic input it accepts.
 MODEL_NAMES = list_models()
-WIDTH_KEYS = ("channels", "features", "filters", "widths")
-# families whose constructors take no width list: small explicit arguments
-FAMILY_KWARGS = {"amis": {"init_features": 4, "depth": 16}}
 
 
 def _tiny_kwargs(name: str) -> dict:
     entry = MODELS.get(name)
-    if entry.tags.get("test_kwargs") is not None:
+    if entry.tags["test_kwargs"] is not None:
         return dict(entry.tags["test_kwargs"])
-    kwargs = {k: tuple(max(4, int(c) // 4) for c in v) for k, v in entry.defaults.items()
-              if k in WIDTH_KEYS and isinstance(v, (tuple, list)) and all(isinstance(c, int) for c in v)}
-    return {**FAMILY_KWARGS.get(entry.family, {}), **kwargs}
+    key = entry.tags["width_arg"]
+    widths = entry.defaults.get(key)
+    if isinstance(widths, int):
+        return {key: max(4, widths // 4)}
+    if isinstance(widths, (tuple, list)) and all(isinstance(c, int) for c in widths):
+        return {key: tuple(max(4, int(c) // 4) for c in widths)}
+    return {}
 
 
 def _tiny(name: str) -> tuple[nn.Module, torch.Tensor, dict]:

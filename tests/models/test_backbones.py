@@ -17,11 +17,10 @@ from attnseg.models.sites import list_backbones, list_plugin_attention, valid_co
 
 # tiny configurations (a few channels, 2–3 levels): the registry's ``test_kwargs`` tag of each backbone
 TINY = {b: dict(get_model_entry(b).tags["test_kwargs"]) for b in list_backbones()}
-# odd, non-cubic sizes each backbone accepts as is (vnet needs multiples of 4 at 3 levels)
+# odd, non-cubic sizes for backbones that take any size (``divisor`` tag 1), and non-cubic sizes
+# that are multiples of 4 for the others
 ODD = {2: (13, 10), 3: (9, 10, 7)}
 EVEN = {2: (12, 8), 3: (8, 12, 8)}
-# training-mode output keys beyond "out"
-EXTRA_KEYS = {"voxresnet": {"aux1", "aux2", "aux3"}, "hdenseunet": {"aux2d"}}
 
 
 def test_registry_lists_the_backbones():
@@ -44,11 +43,13 @@ def _cases():
 @pytest.mark.parametrize("batch", [1, 2])
 def test_shapes_batches_odd_sizes_and_gradients(name, dims, batch):
     model = _build(name, dims)
-    size = EVEN[dims] if name == "vnet" else ODD[dims]
+    tags = get_model_entry(name).tags
+    size = ODD[dims] if tags["divisor"] == 1 else EVEN[dims]
+    assert all(s % tags["divisor"] == 0 for s in size)
     x = torch.randn(batch, 2, *size)
     model.train()
     out = model(x)
-    assert set(out) == {"out"} | EXTRA_KEYS.get(name, set())
+    assert set(out) == {"out", *tags["aux_outputs"]}
     for key, y in out.items():
         assert y.shape == (batch, 3, *size), key
     if batch == 2:  # every parameter receives a gradient from the training outputs

@@ -13,14 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftes
 
 TINY = dict(features=(4, 8, 8, 16, 16))
 FAMILY = ["unet-res", "attention-unet-res", "enhanced-unet", "cascaded-unet", "prior-attention-net", "panet-brats"]
-KEYS = {
-    "unet-res": {"out"},
-    "attention-unet-res": {"out"},
-    "enhanced-unet": {"out", "level1", "level2", "level3"},
-    "cascaded-unet": {"out", "stage1"},
-    "prior-attention-net": {"out", "stage1", "level1", "level2", "level3"},
-    "panet-brats": {"out", "stage1", "level1", "level2", "level3"},
-}
+# training-mode outputs at the default deep supervision: "out" and the ``aux_outputs`` tag
+KEYS = {name: {"out", *MODELS.get(name).tags["aux_outputs"]} for name in FAMILY}
 
 
 def _input(dims: int, batch: int = 1, size: int | None = None) -> torch.Tensor:

@@ -51,9 +51,9 @@ def _build(case: tuple) -> tuple[torch.nn.Module, tuple[int, ...], int]:
     name, dims = case
     entry = get_model_entry(name)
     kw = dict(entry.tags["test_kwargs"])
-    if entry.tags.get("preset_of"):  # AMIS presets: fixed widths, 16 slices (vnet: 2+ voxels at 1/16)
+    if entry.tags["preset_of"]:  # AMIS presets: fixed widths, 16 slices (the size is their test_input tag)
         model = create_model(name, **kw)
-        size = tuple(entry.tags["test_input"]) if entry.tags["preset_of"] == "vnet" else (16, 16, 16)
+        size = tuple(entry.tags["test_input"])
     elif entry.family == "panet":
         kw["strides"] = (1, 2, 2, 2) if dims == 3 else (1, 2, 2, 2, 2)
         model, size = create_model(name, spatial_dims=dims, **kw), (16,) * dims

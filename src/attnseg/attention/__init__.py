@@ -15,7 +15,13 @@ from torch import nn
 
 from attnseg.registry import Entry, Registry
 
-ATTENTION = Registry("attention module")
+# The tags an attention module may declare at registration, with the value it gets otherwise.
+ATTENTION_TAGS: dict[str, Any] = {
+    "gated": False,  # takes (x, g): a gate, usable at "skip" sites only
+    "plugin_test": True,  # usable as a plug-in (False: helpers such as key-slice selection)
+}
+
+ATTENTION = Registry("attention module", tags=ATTENTION_TAGS)
 register_attention = ATTENTION.register
 
 
@@ -40,4 +46,4 @@ def list_attention(pattern: str | None = None) -> list[str]:
 
 _load_all()
 
-__all__ = ["ATTENTION", "create_attention", "get_attention", "list_attention", "register_attention"]
+__all__ = ["ATTENTION", "ATTENTION_TAGS", "create_attention", "get_attention", "list_attention", "register_attention"]

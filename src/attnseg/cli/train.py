@@ -87,27 +87,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_width_keys(model_name: str) -> tuple[str | None, str | None]:
-    """Names of the input/output width kwargs of a registered model."""
+    """Names of the input/output channel kwargs of a registered model: its ``channel_args`` tag
+    (``("in_channels", "out_channels")`` unless the model declares others). A name that is not
+    registered (yet: ``model.imports`` load it later) gets ``in_channels`` only."""
     from attnseg.models import get_model_entry
 
     try:
         entry = get_model_entry(model_name)
     except KeyError:
         return "in_channels", None
-    import inspect
-
-    names = set(entry.defaults)
-    var_kw = False
-    try:
-        params = inspect.signature(entry.fn).parameters
-        names |= set(params)
-        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    except (TypeError, ValueError):
-        var_kw = True
-    out = next((k for k in ("out_channels", "num_classes", "classes") if k in names), None)
-    if out is None and var_kw:  # presets forwarding **kwargs use the library's usual names
-        out = "out_channels"
-    return ("in_channels" if "in_channels" in names or var_kw else None), out
+    in_key, out_key = entry.tags["channel_args"]
+    return in_key, out_key
 
 
 def build_config(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:

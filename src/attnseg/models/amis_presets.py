@@ -160,8 +160,11 @@ def _register(name: str, backbone: str, builder: Any) -> None:
 
     build.__doc__ = f"{_DESCRIPTIONS[name]} preset of the generic {backbone}; " + (
         _UNET_DOC if backbone == "unet" else _VNET_DOC)
-    register_model(name, family="amis", dims=(3,), preset_of=backbone,
-                   test_kwargs={"init_features": 4, "depth": 16}, test_input=(16, 32, 32),
+    # test configuration: 16 slices; the V-Net presets' 5 levels need multiples of 16 and 2+ voxels at 1/16
+    vnet = backbone == "vnet"
+    register_model(name, family="amis", dims=(3,), preset_of=backbone, width_arg="init_features",
+                   test_kwargs={"init_features": 4, "depth": 16}, test_input=(16, 32, 32) if vnet else (16, 16, 16),
+                   divisor=16 if vnet else 1,
                    description=f"{_DESCRIPTIONS[name]}: preset of '{backbone}' at the reference defaults")(build)
 
 

@@ -126,7 +126,7 @@ class HDenseUNet(SegmentationNet):
         blocks_3d=(1,),
         fusion_channels=4,
     ),
-    test_input=(8, 8, 8),
+    test_input=(8, 8, 8), aux_outputs=("aux2d",),  # the 2D network's logits, supervised in training
     description="H-DenseUNet (Li 2018): 2D DenseUNet on slices + 3D DenseUNet + hybrid feature fusion (3D only)",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2),
 )

@@ -568,8 +568,11 @@ def _reference_key(key: str, head: str | None, bottleneck: bool) -> str | None:
 # registry
 
 _DESC = "(PANet family; defaults = reference BraTS 2020 configuration)"
-# tags read by registry-driven tests (tiny widths, a size every model of the family accepts)
-_TEST_TAGS: dict[str, Any] = {"test_kwargs": {"features": (4, 8, 8, 16, 16)}, "test_input": (1, 4, 32, 32, 32)}
+# tags read by registry-driven tests (tiny widths, a size every model of the family accepts; the
+# default strides (1, 2, 2, 2, 2) need multiples of 16)
+_TEST_TAGS: dict[str, Any] = {"test_kwargs": {"features": (4, 8, 8, 16, 16)}, "test_input": (1, 4, 32, 32, 32),
+                              "divisor": 16}
+_LEVELS = ("level1", "level2", "level3")  # deep supervision outputs
 
 
 @register_model("unet-res", family="panet", **_TEST_TAGS, defaults=dict(BRATS_CONFIG),
@@ -578,7 +581,8 @@ def unet_res(**kwargs: Any) -> PANetUNet:
     return PANetUNet(**kwargs)
 
 
-@register_model("enhanced-unet", family="panet", **_TEST_TAGS, defaults=dict(BRATS_CONFIG, deep_supervision=True),
+@register_model("enhanced-unet", family="panet", **_TEST_TAGS, aux_outputs=_LEVELS,
+                defaults=dict(BRATS_CONFIG, deep_supervision=True),
                 description=f"Residual U-Net with deep supervision on levels 1-3 {_DESC}")
 def enhanced_unet(**kwargs: Any) -> PANetUNet:
     return PANetUNet(**kwargs)
@@ -590,20 +594,21 @@ def attention_unet_res(**kwargs: Any) -> PANetUNet:
     return PANetUNet(**kwargs)
 
 
-@register_model("cascaded-unet", family="panet", **_TEST_TAGS, defaults=dict(BRATS_CONFIG),
+@register_model("cascaded-unet", family="panet", **_TEST_TAGS, aux_outputs=("stage1",), defaults=dict(BRATS_CONFIG),
                 description=f"Two residual U-Nets: whole-lesion ROI, then multi-class {_DESC}")
 def cascaded_unet(**kwargs: Any) -> PANetCascade:
     return PANetCascade(**kwargs)
 
 
-@register_model("prior-attention-net", family="panet", **_TEST_TAGS, aliases=("panet",),
+@register_model("prior-attention-net", family="panet", **_TEST_TAGS, aux_outputs=("stage1", *_LEVELS),
+                aliases=("panet",),
                 defaults=dict(BRATS_CONFIG, head="fcn", deep_supervision=True),
                 description=f"Prior Attention Network: prior head (fcn|parallel) gates the skips {_DESC}")
 def prior_attention_net(head: str = "fcn", deep_supervision: bool = True, **kwargs: Any) -> PANetUNet:
     return PANetUNet(prior_head=head, deep_supervision=deep_supervision, **kwargs)
 
 
-@register_model("panet-brats", family="panet", **_TEST_TAGS,
+@register_model("panet-brats", family="panet", **_TEST_TAGS, aux_outputs=("stage1", *_LEVELS),
                 defaults=dict(BRATS_CONFIG, head="fcn", deep_supervision=True),
                 description="Preset: PANet exactly as the reference BraTS 2020 configuration (fcn head, "
                             "BN head, reference layout)")

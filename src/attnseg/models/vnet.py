@@ -155,7 +155,7 @@ class VNet(SegmentationNet):
 @register_model(
     "vnet", family="vnet", dims=(2, 3), sites=VNet.sites,
     test_kwargs=dict(features=(4, 8, 8), kernel_size=3),  # tiny configuration for registry-wide tests
-    test_input=(8, 8, 8),
+    test_input=(8, 8, 8), divisor=4,  # 3 levels at the test configuration: sizes multiples of 2²
     description="V-Net (Milletari 2016): residual k5 stages, strided-conv down, PReLU; any input channels",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2, features=(16, 32, 64, 128, 256)),
 )

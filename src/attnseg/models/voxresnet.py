@@ -134,7 +134,7 @@ class VoxResNet(SegmentationNet):
 @register_model(
     "voxresnet", family="voxresnet", dims=(2, 3), sites=VoxResNet.sites,
     test_kwargs=dict(features=(4, 8, 8), blocks=1),  # tiny configuration for registry-wide tests
-    test_input=(8, 8, 8),
+    test_input=(8, 8, 8), aux_outputs=("aux1", "aux2", "aux3"),  # one auxiliary classifier per stage
     description="VoxResNet (Chen 2018): VoxRes modules, auxiliary classifiers at every stage summed at the output",
     defaults=dict(spatial_dims=3, in_channels=1, out_channels=2),
 )
