@@ -52,7 +52,7 @@ def test_eca_formula_and_kernel_size():
 
 
 def _plain_se(m, x):
-    """The textbook sSE / scSE with plain autograd (what the fused node must equal)."""
+    """The textbook sSE / scSE with plain autograd (what the module must equal)."""
     sse = m.sse if hasattr(m, "sse") else m
     b = x * torch.sigmoid(sse.conv(x))
     if not hasattr(m, "sse"):
@@ -63,25 +63,25 @@ def _plain_se(m, x):
 
 @pytest.mark.parametrize("name,kw,dims", [("sse", {}, 3), ("sse", {}, 2), ("scse", {"combine": "max"}, 3),
                                           ("scse", {"combine": "max"}, 2), ("scse", {}, 3), ("scse", {}, 2)])
-def test_se_backward_equals_plain_autograd(name, kw, dims, fused_and_plain_grads):
+def test_se_backward_equals_plain_autograd(name, kw, dims, module_and_plain_grads):
     torch.manual_seed(7)
     m = create_attention(name, 6, dims, **kw).double()
     for p in m.parameters():
         torch.nn.init.normal_(p, std=0.5)
     x = torch.randn(2, 6, *(5, 4, 3)[:dims], dtype=torch.double, requires_grad=True)
-    fused, plain = fused_and_plain_grads(m, x, torch.randn_like(x), lambda xx: _plain_se(m, xx))
-    for a, b in zip(fused, plain):
+    got, plain = module_and_plain_grads(m, x, torch.randn_like(x), lambda xx: _plain_se(m, xx))
+    for a, b in zip(got, plain):
         torch.testing.assert_close(a, b)
     # and the input gradient against finite differences
     assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))
 
 
-def test_cse_backward_equals_plain_autograd(fused_and_plain_grads):
+def test_cse_backward_equals_plain_autograd(module_and_plain_grads):
     torch.manual_seed(8)
     m = create_attention("cse", 6, 3, reduction=2).double()
     x = torch.randn(2, 6, 5, 4, 3, dtype=torch.double, requires_grad=True)
-    fused, plain = fused_and_plain_grads(
+    got, plain = module_and_plain_grads(
         m, x, torch.randn_like(x), lambda xx: xx * torch.sigmoid(m.mlp(xx.flatten(2).mean(-1))).view(2, 6, 1, 1, 1))
-    for a, b in zip(fused, plain):
+    for a, b in zip(got, plain):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda xx: m(xx), (x.detach().requires_grad_(),))

@@ -106,7 +106,7 @@ def test_pam_fixed_matches_loop_oracle(d, h, pool):
     ref, ref_masks = _oracle_pam(x, sd, m.channel, pool=pool)
     assert torch.equal(mask[0], ref_masks)
     assert (y - ref).abs().max() < 1e-5
-    assert (m(x) - ref).abs().max() < 1e-5  # the fused single-multiply path
+    assert (m(x) - ref).abs().max() < 1e-5  # x · (s ⊗ t) as one multiply
     if dh == 0:  # zero-width hidden layer: slice weights are sigmoid(second bias), input-independent
         torch.testing.assert_close(s[0], torch.sigmoid(m.slice.fc2_bias))
 
@@ -188,13 +188,13 @@ def _textbook(m, x):
 @pytest.mark.parametrize("name,extra", [("slice", {}), ("slice", {"reduction": 2}), ("pam", {}),
                                         ("pam", {"slice_reduction": 2}), ("pam-adaptive", {}),
                                         ("slice-adaptive", {})])
-def test_output_and_gradients_equal_the_textbook_definition(name, extra, fused_and_plain_grads):
+def test_output_and_gradients_equal_the_textbook_definition(name, extra, module_and_plain_grads):
     # ("pam", {}) has a zero-width slice FC (8 // 16 = 0: the slice weights are the second bias)
     torch.manual_seed(5)
     kw = {"spatial_size": (8, 5, 3)} if name in ("slice", "pam") else {}
     m = create_attention(name, 4, 3, **kw, **extra).double()
     x = torch.randn(2, 4, 8, 5, 3, dtype=torch.double, requires_grad=True)
-    got, want = fused_and_plain_grads(m, x, torch.randn_like(x), lambda xx: _textbook(m, xx))
+    got, want = module_and_plain_grads(m, x, torch.randn_like(x), lambda xx: _textbook(m, xx))
     for a, b in zip(got, want):  # (unused zero-width params: None in plain autograd, zeros here)
         torch.testing.assert_close(a, b)
 
