@@ -8,6 +8,7 @@ import torch
 
 from attnseg.attention import ATTENTION_TAGS
 from attnseg.models import MODEL_TAGS, create_model, get_model_entry, list_models
+from attnseg.models.sites import list_backbones
 from attnseg.registry import Registry
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (root conftest)
@@ -68,3 +69,19 @@ def test_tags_agree_with_the_model(name):
         off = (*size[:-1], size[-1] + tags["divisor"] // 2)
         with pytest.raises(ValueError, match=f"not a multiple of {tags['divisor']}"):
             model(torch.randn(1, 2, *off))
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_default_sites_tag_is_the_constructor_default(name):
+    """``attention_at`` left out puts attention exactly where the ``default_sites`` tag says."""
+    entry = get_model_entry(name)
+    sites = tuple(entry.tags["default_sites"])
+    assert set(sites) <= set(entry.tags["sites"])
+    kw = dict(entry.tags["test_kwargs"], attention="cse")
+
+    def keys(**extra) -> set[str]:
+        return set(create_model(name, **{**kw, **extra}).state_dict())
+
+    implicit = keys()
+    assert implicit == keys(attention_at=sites)
+    assert implicit != keys(attention=None)

@@ -11,7 +11,6 @@ the module, or at every valid site when none of the defaults is (gates → ``ski
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import platform
 import time
@@ -49,16 +48,10 @@ def default_card_path() -> str:
 
 
 def _default_sites(backbone: str) -> tuple[str, ...]:
-    """The ``attention_at`` default of the backbone's model class (its constructor's return type)."""
-    import typing
-
+    """Where the backbone puts attention when ``attention_at`` is not given (its ``default_sites`` tag)."""
     from attnseg.models import get_model_entry
 
-    fn = get_model_entry(backbone).fn
-    cls = typing.get_type_hints(fn).get("return")
-    params = inspect.signature(cls.__init__ if isinstance(cls, type) else fn).parameters
-    d = params["attention_at"].default if "attention_at" in params else ("encoder",)
-    return (d,) if isinstance(d, str) else tuple(d)
+    return tuple(get_model_entry(backbone).tags["default_sites"])
 
 
 def sites_for(backbone: str, attention: str, dims: int) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ from attnseg.registry import Entry, Registry
 MODEL_TAGS: dict[str, Any] = {
     # attention sites the backbone offers ("encoder", "decoder", "skip", ...); () = not a backbone
     "sites": (),
+    # where attention goes when ``attention_at`` is not given (the constructor's default)
+    "default_sites": ("encoder",),
     # the generic model this entry is a preset of (presets are not backbones of their own)
     "preset_of": None,
     # keyword names of the input and output channel counts (None: the model has no such keyword);

@@ -136,7 +136,7 @@ class DenseUNet(SegmentationNet):
 
 
 @register_model(
-    "denseunet", family="denseunet", dims=(2, 3), sites=DenseUNet.sites,
+    "denseunet", family="denseunet", dims=(2, 3), sites=DenseUNet.sites, default_sites=("encoder", "decoder"),
     test_kwargs=dict(stem_channels=8, growth_rate=4, block_layers=(1, 1)),  # tiny configuration for registry-wide tests
     test_input=(8, 8),
     description="DenseUNet (Li 2018, the halves of H-DenseUNet): DenseNet encoder + U-shaped decoder",

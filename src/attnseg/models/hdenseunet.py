@@ -115,7 +115,7 @@ class HDenseUNet(SegmentationNet):
 
 
 @register_model(
-    "hdenseunet", family="denseunet", dims=(3,), sites=HDenseUNet.sites,
+    "hdenseunet", family="denseunet", dims=(3,), sites=HDenseUNet.sites, default_sites=("encoder", "decoder"),
     # tiny configuration for registry-wide tests
     test_kwargs=dict(
         stem_channels_2d=8,

@@ -165,7 +165,7 @@ class UNet(SegmentationNet):
 
 
 @register_model(
-    "unet", family="unet", dims=(2, 3), sites=UNet.sites,
+    "unet", family="unet", dims=(2, 3), sites=UNet.sites, default_sites=("encoder", "decoder"),
     test_kwargs=dict(features=(4, 8, 8)),  # tiny configuration for registry-wide tests
     test_input=(8, 8, 8),
     description="U-Net (Ronneberger 2015 / Çiçek 2016): configurable levels, widths, upsampling, deep supervision",

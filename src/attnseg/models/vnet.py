@@ -153,7 +153,7 @@ class VNet(SegmentationNet):
 
 
 @register_model(
-    "vnet", family="vnet", dims=(2, 3), sites=VNet.sites,
+    "vnet", family="vnet", dims=(2, 3), sites=VNet.sites, default_sites=("encoder", "decoder"),
     test_kwargs=dict(features=(4, 8, 8), kernel_size=3),  # tiny configuration for registry-wide tests
     test_input=(8, 8, 8), divisor=4,  # 3 levels at the test configuration: sizes multiples of 2²
     description="V-Net (Milletari 2016): residual k5 stages, strided-conv down, PReLU; any input channels",
