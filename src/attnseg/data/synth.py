@@ -379,12 +379,12 @@ REALISTIC_KNOBS: dict[str, object] = {
     "rim_mm": (3.0, 8.0),               # otherwise (mm), U
     "p_broken_rim": 0.4,                # part of the rim does not enhance (label 1) ...
     "broken_fraction": (0.15, 0.5),     # ... about this fraction of it, U
-    "rim_heterogeneity": (0.08, 0.30),  # ET texture amplitude on every sequence, U
+    "rim_heterogeneity": (0.15, 0.45),  # ET texture amplitude on every sequence, U
     "enhancement": (1.10, 1.60),        # T1ce ET intensity relative to WM, U
     # non-enhancing tumour margin (label 1, part of TC) outside the enhancing rim of a main tumour;
     # its signal is the local oedema's moved a fraction of the way to NET's, fading outwards
-    "p_margin": 0.7,                    # main tumours with a margin ...
-    "margin": (0.10, 0.40),             # ... this thick (core radii), U; kept ≥ 0.15 inside the oedema
+    "p_margin": 0.6,                    # main tumours with a margin ...
+    "margin": (0.05, 0.25),             # ... this thick (core radii), U; kept ≥ 0.15 inside the oedema
     "margin_contrast": (0.10, 0.50),    # NET-vs-oedema contrast at the rim (0 = like oedema), U
     "margin_fade": 0.7,                 # ... falling by this fraction at the margin's outer edge
     "oedema_extent": (1.3, 2.6),        # oedema radius / core radius, U
