@@ -26,6 +26,7 @@ Needs the ``bench`` extra: ``pip install "torch==<installed>" -e ".[bench]"``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -110,6 +111,16 @@ class DictOutputs(nn.Module):
         return y
 
 
+def _release_free_memory() -> None:
+    """Hand the heap's free pages back to the system between the two sides (outside the timed
+    region): with attnseg's malloc tuning (no trimming) one process holding both sides' freed
+    activations at 2x4x128^3 needed ~20 GB and was killed by the OOM killer on a 24 GB machine."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def ds_weights(n: int) -> list[float]:
     """nnU-Net's deep-supervision weights: 1/2^i, the lowest resolution 0, normalised."""
     w = np.array([1 / (2 ** i) for i in range(n)])
@@ -171,11 +182,12 @@ def time_training(args: argparse.Namespace, workdir: str) -> list[dict]:
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"attnseg": [], "nnU-Net": []}
-    attnseg_step(), nnunet_step()  # warm-up (oneDNN primitives, allocator)
+    attnseg_step(), _release_free_memory(), nnunet_step(), _release_free_memory()  # warm-up (oneDNN, allocator)
     for r in range(args.rounds):
         order = [("attnseg", attnseg_step), ("nnU-Net", nnunet_step)]
         for name, fn in (order if r % 2 == 0 else order[::-1]):
             times[name].append(fn())
+            _release_free_memory()
         print(f"# train round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
               file=sys.stderr, flush=True)
     return _rows(times, f"training iteration, 2x4x{p}^3" if b == 2 else f"training iteration, {b}x4x{p}^3")
@@ -238,6 +250,7 @@ def time_case(args: argparse.Namespace, workdir: str, mirror: bool) -> list[dict
         order = [("attnseg", attnseg_case), ("nnU-Net", nnunet_case)]
         for name, fn in (order if r % 2 == 0 else order[::-1]):
             times[name].append(fn())
+            _release_free_memory()
         print(f"# case (mirror {mirror}) round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
               file=sys.stderr, flush=True)
     diff = (out["a"].float() - out["n"].float()).abs().max().item()
