@@ -54,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fastpath", action="store_true", help="disable the CPU fast paths")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (inductor, freezing): compiled once per window shape, "
-                        "the first call's cost is printed (3-D models)")
+                        "the first call's cost is printed (3-D models); on CPU often slower than the default fast "
+                        "path: measure (docs/inference.md)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="leave glibc malloc as is: lower peak memory, more kernel time (CPU)")
     p.set_defaults(func=run)
