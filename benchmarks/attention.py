@@ -14,10 +14,8 @@ of forward+backward beyond the inputs (from the profiler's allocation events), n
   textbook form of the module spends in convolutions (attnseg applies some of them to pooled
   or projected tensors instead, e.g. ``pe``'s first 1×1 conv and ``dual``'s query/key/value).
 
-The row marked "(PyTorch ops)" runs stn with ``ATTNSEG_NUMBA=0``, i.e. without the compiled CPU
-kernel of the speed-up layer (``attnseg.attention._accel``; after the whole-step benchmarks,
-benchmarks/whole_step.py, only stn's 2D sampling backward kept one), so its gain is measured side
-by side in the same run.
+(The compiled CPU kernels these rows used to compare against were removed after the whole-step
+benchmarks, benchmarks/whole_step.py: every module now runs its plain PyTorch definition.)
 
 Then PAM against a loop-based reference-style implementation (one ``nn.Linear`` pair per
 channel in a Python loop, batch 1, in-place writes, key-slice gathering slice by slice, as
@@ -140,11 +138,9 @@ def measure(module: nn.Module, args: tuple[torch.Tensor, ...], yard: nn.Module, 
 
 
 # non-default settings with their own rows (label → registered name, keyword arguments,
-# environment): the PyTorch-ops row shows what the compiled stn kernel gains, side by side
-_TORCH_OPS = {"ATTNSEG_NUMBA": "0"}
+# environment variables)
 VARIANTS = {
     "scse (combine=max)": ("scse", {"combine": "max"}, {}),
-    "stn (PyTorch ops)": ("stn", {}, _TORCH_OPS),
 }
 
 

@@ -44,7 +44,8 @@ import time
 MODULES: dict[str, tuple[dict, tuple[str, ...]]] = {
     # removed 2026-12-03 (whole step < 10 % faster, docs/benchmarks.md): the numba kernels and the
     # fused pooled-scale node of cse/pam/pam-adaptive/slice/ksca, scSE/sSE's node and kernels,
-    # CBAM's node and kernels; the rows stay to re-check (all modes now run the same plain ops)
+    # CBAM's node and kernels, stn's kernels; the rows stay to re-check (all modes now run the same
+    # plain ops, so layer / numba0 / plain differ by noise only)
     "cse": ({}, ()),
     "sse": ({}, ()),
     "scse": ({}, ()),
@@ -53,7 +54,7 @@ MODULES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "pam-adaptive": ({}, ()),
     "slice": ({}, ()),
     "ksca": ({}, ()),
-    "stn": ({}, ("numba",)),  # 3D trilinear kernels removed (+9 %); the 2D bilinear backward (+11 %) kept
+    "stn": ({}, ()),  # 3D trilinear kernels removed (+9 %), the 2D bilinear backward later (+5 % / +3 %)
     "dual": ({}, ()),  # Gram node removed
 }
 SHAPES = {"3d": (1, 4, (64, 64, 64)), "2d": (2, 4, (128, 128))}
@@ -173,8 +174,6 @@ def main() -> None:
     if args.quick:
         args.modules, args.shapes, args.no_compile, args.rounds = ["scse", "pam"], ["3d"], True, 2
     modes = [m for m in args.modes if not (m == "compile" and args.no_compile)]
-    from attnseg.attention._accel import kernels
-
     rows, verdicts, firsts = [], [], []
     for module in args.modules:
         for shape in args.shapes:
@@ -215,7 +214,7 @@ def main() -> None:
     clock = "thread CPU s" if args.clock == "cpu" else "wall s"
     title = (f"whole training step (U-Net {FEATURES} + module at encoder and decoder, Dice-CE, Adam), "
              f"{args.threads} thread(s), {clock}, median of {args.rounds} alternating rounds x {args.steps} steps, "
-             f"layout {args.layout}, numba available: {kernels.numba is not None}")
+             f"layout {args.layout}")
     tables = [(title, rows),
               ("kept / removed (>= 10 % faster whole step than the best alternative)", verdicts),
               ("torch.compile: first step (compilation) and steady state", firsts)]

@@ -15,7 +15,7 @@ from attnseg.runtime.optional import MissingExtraError, require
 from attnseg.train.checkpoint import model_checkpoint, save_checkpoint
 
 # every package that pyproject.toml lists in an extra (or only for tests/benchmarks), by import name
-EXTRA_MODULES = ("matplotlib", "onnx", "onnxscript", "onnxruntime", "tensorboard", "SimpleITK", "numba", "nilearn",
+EXTRA_MODULES = ("matplotlib", "onnx", "onnxscript", "onnxruntime", "tensorboard", "SimpleITK", "nilearn",
                  "monai", "rich", "medpy", "nnunetv2")
 
 

@@ -7,7 +7,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from attnseg.attention import register_attention
-from attnseg.attention._accel import grid_sample
 from attnseg.blocks import ConvNormAct, check_spatial_dims
 
 
@@ -73,8 +72,7 @@ class SpatialTransformer(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             xf = x.float()
             grid = affine_grid(theta, list(x.shape[2:]))
-            # = F.grid_sample(xf, grid, mode, zero padding, align_corners=False); _accel may take over
-            y = grid_sample(xf, grid, self.mode)
+            y = F.grid_sample(xf, grid, mode=self.mode, padding_mode="zeros", align_corners=False)
         return y.to(x.dtype)
 
 

@@ -6,7 +6,6 @@ prediction. Features that need more live in extras (see ``pyproject.toml``)::
     onnx         onnx, onnxscript, onnxruntime    attnseg export --format onnx
     tensorboard  tensorboard                      event files next to metrics.csv
     itk          SimpleITK                        reading .nrrd/.mha/.mhd images
-    accel        numba                            compiled CPU kernels of the attention modules
     phantom      nilearn                          the built-in phantom data (attnseg data synth*, demo)
     report       matplotlib                       figures: curves, reports, CAM overlays
 
@@ -27,7 +26,6 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "torch.utils.tensorboard": ("tensorboard", "tensorboard"),
     "tensorboard": ("tensorboard", "tensorboard"),
     "SimpleITK": ("SimpleITK", "itk"),
-    "numba": ("numba", "accel"),
     "nilearn": ("nilearn", "phantom"),
     "matplotlib": ("matplotlib", "report"),
 }
