@@ -3,20 +3,21 @@ hand-written backward of ``attnseg.attention``: a U-Net with that module at ever
 decoder level, one training iteration (forward + Dice-CE loss + backward + Adam step; no data
 loader) at 1×4×64³ (3D) and 2×4×128² (2D), in these modes:
 
-* ``layer``   — the defaults: the speed-up layer (``attention/_accel/``) with, for contiguous
-  float32 CPU tensors, the numba kernels (``attention/_accel/kernels.py``);
-* ``numba0``  — ``ATTNSEG_NUMBA=0``: fused nodes with PyTorch ops inside, no numba;
+* ``layer``   — the defaults: the speed-up layer (``attention/_accel/``);
+* ``numba0``  — ``ATTNSEG_NUMBA=0``: switched the numba kernels off while they existed;
 * ``plain``   — ``ATTNSEG_NUMBA=0 ATTNSEG_FUSED=0``: plain autograd (``ATTNSEG_FUSED`` switched the
-  fused nodes off while they existed; since their removal this equals ``numba0``);
-* ``compile`` — ``torch.compile`` (inductor, ``dynamic=False``) of the plain modules
-  (the custom nodes step aside while compiling); its first step (the compilation) is reported
-  separately and not timed.
+  fused nodes off while they existed);
+* ``compile`` — ``torch.compile`` (inductor, ``dynamic=False``) of the plain modules; its first
+  step (the compilation) is reported separately and not timed.
+
+Since every kernel and node failed the rule below and was removed (docs/benchmarks.md), the
+first three modes run the same code and differ by noise only: the rows stay to re-check a
+future faster path the same way.
 
 Every mode runs in its own worker process (the environment switches are read at call time but
 the process-wide oneDNN / allocator state should not leak), with oneDNN convolutions
-(``prepare_model``) on channels-first tensors so the numba kernels apply; ``--layout cl`` uses
-the trainer's channels-last fast path instead (where the kernels, which take contiguous tensors
-only, step aside). Rounds alternate the modes: each round every worker times ``--steps`` steps;
+(``prepare_model``) on channels-first tensors; ``--layout cl`` uses the trainer's channels-last
+fast path instead. Rounds alternate the modes: each round every worker times ``--steps`` steps;
 times are thread CPU seconds at one thread (``--clock cpu``, the steadier clock on a shared
 machine) or wall seconds. Ratios are per round (paired), reported as min / median / max.
 

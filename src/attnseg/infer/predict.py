@@ -38,7 +38,8 @@ from attnseg.runtime.fs import disk_full_error, is_disk_full, remove_stale_temp_
 from attnseg.runtime.lock import FolderLock
 from attnseg.runtime.memory import is_out_of_memory, out_of_memory_message
 
-__all__ = ["PredictResult", "Predictor", "check_output_dir", "list_input_cases", "load_predictor", "predict_cases"]
+__all__ = ["PredictResult", "Predictor", "check_output_dir", "list_input_cases", "load_predictor", "model_spatial_dims",
+           "predict_cases"]
 
 # PANet reference: channel order (t1, t2, t1ce, flair), z-score over the whole volume, no crop
 _REFERENCE_TASKS: dict[str, dict[str, Any]] = {
@@ -80,7 +81,10 @@ class Predictor:
         return torch.sigmoid(logits) if self.task.get("kind") == "brats-regions" else torch.softmax(logits, 0)
 
 
-def _infer_spatial_dims(model: nn.Module) -> int:
+def model_spatial_dims(model: nn.Module) -> int:
+    """2 or 3: the model's ``spatial_dims`` (the model contract), else the first convolution's."""
+    if getattr(model, "spatial_dims", 0):
+        return int(model.spatial_dims)
     for m in model.modules():
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
             return 3
@@ -135,7 +139,7 @@ def load_predictor(checkpoint: str | os.PathLike, *, arch: str | None = None, so
         task.setdefault("num_classes", conv.model_kwargs.get("num_classes", conv.model_kwargs.get("out_channels")))
         task["source"] = source
     model = model.to(dev).eval()
-    nd = int(getattr(model, "spatial_dims", 0) or _infer_spatial_dims(model))
+    nd = model_spatial_dims(model)
     use_fast = fastpath and dev.type == "cpu"
     if use_fast:
         enable_cpu_fastpaths(malloc=malloc_tuning)

@@ -29,11 +29,6 @@ def as_dict(out: Any) -> dict[str, torch.Tensor]:
     return out if isinstance(out, dict) else {"out": out}
 
 
-def spatial_dims(model: nn.Module) -> int:
-    """3 when the model holds a 3-D (transposed) convolution, else 2."""
-    return 3 if any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules()) else 2
-
-
 def compile_wanted(spec: Any, device: torch.device) -> bool:
     """``train.compile``: true, false, or auto (on CUDA only; on CPU the compilation costs far
     more than it saves in a short run, see docs/benchmarks.md)."""

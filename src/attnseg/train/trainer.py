@@ -31,6 +31,7 @@ from torch import nn
 
 from attnseg.data.dataset import worker_init_fn
 from attnseg.infer import fastpath
+from attnseg.infer.predict import model_spatial_dims
 from attnseg.metrics.brats import REGIONS
 from attnseg.models import create_model
 from attnseg.runtime.cpu import enable_cpu_fastpaths
@@ -66,7 +67,6 @@ from attnseg.train.step import (
     find_unused,
     forward_loss,
     reduce_mean,
-    spatial_dims,
 )
 from attnseg.train.validation import validate
 
@@ -381,7 +381,7 @@ def _build_model(cfg: dict[str, Any], device: torch.device, dd: DistInfo, fast: 
     model = create_model(cfg["model"]["name"], **model_kwargs(cfg)).to(device)
     compiled = compile_wanted(tr.get("compile", "auto"), device)
     if fast and not compiled:  # torch.compile picks its own kernels from the plain modules
-        model = fastpath.prepare_model(model, spatial_dims(model))
+        model = fastpath.prepare_model(model, model_spatial_dims(model))
     raw = model
     ds = cfg["loss"]["deep_supervision"]
     if ds["enabled"] and ds.get("mode") == "downsample_target":
