@@ -181,16 +181,22 @@ def time_training(args: argparse.Namespace, workdir: str) -> list[dict]:
         tr.train_step(nn_batch)
         return time.perf_counter() - t0
 
-    times: dict[str, list[float]] = {"attnseg": [], "nnU-Net": []}
     attnseg_step(), _release_free_memory(), nnunet_step(), _release_free_memory()  # warm-up (oneDNN, allocator)
-    for r in range(args.rounds):
-        order = [("attnseg", attnseg_step), ("nnU-Net", nnunet_step)]
+    times = _alternate(attnseg_step, nnunet_step, args.rounds, "train")
+    return _rows(times, f"training iteration, 2x4x{p}^3" if b == 2 else f"training iteration, {b}x4x{p}^3")
+
+
+def _alternate(attnseg_fn, nnunet_fn, rounds: int, label: str) -> dict[str, list[float]]:
+    """Seconds of ``rounds`` alternating calls (A B, B A, ...), free heap handed back after each."""
+    times: dict[str, list[float]] = {"attnseg": [], "nnU-Net": []}
+    for r in range(rounds):
+        order = [("attnseg", attnseg_fn), ("nnU-Net", nnunet_fn)]
         for name, fn in (order if r % 2 == 0 else order[::-1]):
             times[name].append(fn())
             _release_free_memory()
-        print(f"# train round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
+        print(f"# {label} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
               file=sys.stderr, flush=True)
-    return _rows(times, f"training iteration, 2x4x{p}^3" if b == 2 else f"training iteration, {b}x4x{p}^3")
+    return times
 
 
 def _rows(times: dict[str, list[float]], what: str) -> list[dict]:
@@ -245,14 +251,7 @@ def time_case(args: argparse.Namespace, workdir: str, mirror: bool) -> list[dict
             out["n"] = pred.predict_sliding_window_return_logits(vol)
         return time.perf_counter() - t0
 
-    times: dict[str, list[float]] = {"attnseg": [], "nnU-Net": []}
-    for r in range(args.case_rounds):
-        order = [("attnseg", attnseg_case), ("nnU-Net", nnunet_case)]
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            times[name].append(fn())
-            _release_free_memory()
-        print(f"# case (mirror {mirror}) round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
-              file=sys.stderr, flush=True)
+    times = _alternate(attnseg_case, nnunet_case, args.case_rounds, f"case (mirror {mirror})")
     diff = (out["a"].float() - out["n"].float()).abs().max().item()
     rows = _rows(times, f"whole case 4x{'x'.join(map(str, shape))}, ROI 128, step 0.5, Gaussian, "
                         f"mirroring {'on (8x)' if mirror else 'off'}")
