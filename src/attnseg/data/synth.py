@@ -387,9 +387,9 @@ REALISTIC_KNOBS: dict[str, object] = {
     "margin": (0.05, 0.25),             # ... this thick (core radii), U; kept ≥ 0.15 inside the oedema
     "margin_contrast": (0.10, 0.50),    # NET-vs-oedema contrast at the rim (0 = like oedema), U
     "margin_fade": 0.7,                 # ... falling by this fraction at the margin's outer edge
-    "oedema_extent": (1.3, 2.6),        # oedema radius / core radius, U
+    "oedema_extent": (1.6, 2.6),        # oedema radius / core radius, U
     "oedema_fade": (0.08, 0.30),        # width of the oedema contrast fade (core-radius units), U
-    "oedema_contrast": (0.45, 0.95),    # fraction of the full oedema contrast at its centre, U
+    "oedema_contrast": (0.55, 0.95),    # fraction of the full oedema contrast at its centre, U
     # acquisition
     "supersample": 2,                   # cores rendered on a grid 2× finer per axis, box-averaged
     "p_thick": 0.3,                     # T1, T2, FLAIR acquired with thick axial slices ...
