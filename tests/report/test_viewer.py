@@ -447,3 +447,22 @@ def test_plain_labels_take_the_dataset_names_and_ct_keeps_negative_values(tmp_pa
     assert inter == pytest.approx(-1000.0) and cv.images[0].min() == 0  # -1000 HU -> 0, read back as -1000
     assert (cv.images[0].max() * slope + inter) == pytest.approx(40.0, abs=slope)
     assert np.array_equal(cv.reference, ref) and sorted(np.unique(cv.errors).tolist()) == [0, 1, 2, 3]
+
+
+def test_screenshot_of_a_report_section(browser, report, tmp_path):
+    """`viewer_browser --element '#slice-weights'` (how docs/figures/report_slice_weights.png is
+    made): the PNG is that section, the size of its box, and shows the slice-weight figure."""
+    from attnseg.report.viewer_browser import Chromium
+    from attnseg.report.viewer_browser import main as shoot
+
+    assert 'id="slice-weights"' in report.standalone.read_text()
+    png = tmp_path / "section.png"
+    assert shoot([str(report.standalone), "--screenshot", str(png), "--element", "#slice-weights"]) == 0
+    with Chromium(timeout=90) as b:  # the command's window size, to compare the section's box
+        b.navigate(report.standalone.resolve().as_uri())
+        b.wait_for("document.getElementById('slice-weights') !== null", 60)
+        box = b.element_box("#slice-weights")
+    img = mpimg.imread(png)
+    assert abs(img.shape[1] - box["width"]) <= 1 and abs(img.shape[0] - box["height"]) <= 1
+    assert img.shape[0] > 200  # the heading and the figure
+    assert img[..., :3].std() > 0.05  # not a blank area

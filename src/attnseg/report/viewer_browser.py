@@ -4,6 +4,7 @@ open a report, wait for the case viewer, read its state from the page, take scre
 Used by the browser test of the viewer and to make the screenshot in docs/::
 
     python -m attnseg.report.viewer_browser REPORT.html --screenshot docs/viewer.png
+    python -m attnseg.report.viewer_browser REPORT.html --screenshot S.png --element "#slice-weights"
 
 Chromium runs with software WebGL (SwiftShader), no GPU, no network services, no first-run
 steps and a fresh profile in a temporary folder. ``ATTNSEG_CHROMIUM`` names the executable when
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--screenshot", help="PNG of the viewer to write")
     ap.add_argument("--case", help="case id to show")
     ap.add_argument("--errors", action="store_true", help="show the error overlay in the screenshot")
+    ap.add_argument("--element", default="#attnseg-viewer",
+                    help="CSS selector of what the screenshot shows (default: the viewer; a report section "
+                         "is its id, e.g. '#slice-weights')")
     args = ap.parse_args(argv)
     url = args.page if "://" in args.page else Path(args.page).resolve().as_uri()
     if args.case:
@@ -240,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             b.wait_for("window.attnsegViewer.state.opacity.err > 0", 10)
         if args.screenshot:
             time.sleep(0.5)
-            b.evaluate("document.getElementById('attnseg-viewer').scrollIntoView()")
-            Path(args.screenshot).write_bytes(b.screenshot(clip=b.element_box("#attnseg-viewer")))
+            b.evaluate(f"document.querySelector({json.dumps(args.element)}).scrollIntoView()")
+            Path(args.screenshot).write_bytes(b.screenshot(clip=b.element_box(args.element)))
             print(f"screenshot: {args.screenshot}")
     return 0 if not state.get("error") else 1
 
