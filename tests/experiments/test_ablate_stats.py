@@ -92,6 +92,12 @@ def test_paired_comparison_and_holm_over_modules():
     assert verdict_sentence(rows[1]).startswith("no detectable difference")
     seedy = {**rows[0], "verdict": "no detectable difference", "lo": -0.01}  # consistent over cases, not seeds
     assert "beyond seed-to-seed variation" in verdict_sentence(seedy)
+    from attnseg.experiments.ablate import region_clause
+
+    regions = {"ET": rows[1], "TC": rows[0], "WT": rows[1]}
+    assert region_clause(regions) == (f"By region: TC better ({rows[0]['diff']:+.3f} [{rows[0]['lo']:+.3f}, "
+                                      f"{rows[0]['hi']:+.3f}]); ET, WT no detectable difference.")
+    assert region_clause({}) == ""
     # lower-is-better metrics flip the verdict's direction
     worse = compare_to_none({k: v for k, v in cells.items() if k[1] != "same"}, "dice_mean", higher_is_better=False)
     assert worse[0]["verdict"] == "worse"

@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,10 +359,14 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
               "better/worse when p_Holm < 0.05 and the CI excludes 0, else no detectable difference. HD95: lower "
               "is better.", ""]
     comp_rows, forest = [], []
+    by_region: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for m in ("dice_mean", "dice_ET", "dice_TC", "dice_WT", "hd95_mean"):
         comps = compare_to_none(cells, m, n_boot=n_boot, higher_is_better=not m.startswith("hd95"))
         if m == "dice_mean":
             forest = comps
+        elif m.startswith("dice_"):
+            for c in comps:
+                by_region.setdefault((c["backbone"], c["attention"]), {})[m[5:]] = c
         dg = 3 if m.startswith("dice") else 1
         for c in comps:
             comp_rows.append({"metric": m, "backbone": c["backbone"], "attention": c["attention"],
@@ -377,9 +381,21 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
         lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)", "",
                   "## What the data support", ""]
         for c in forest:
-            lines.append(f"- **{c['backbone']} + {c['attention']}**: {verdict_sentence(c)}")
+            lines.append(f"- **{c['backbone']} + {c['attention']}**: {verdict_sentence(c)} "
+                         + region_clause(by_region.get((c["backbone"], c["attention"]), {})))
         lines.append("")
     return lines
+
+
+def region_clause(regions: Mapping[str, Mapping[str, Any]]) -> str:
+    """The per-region Dice verdicts of one module (rows of ``compare_to_none`` keyed by region), e.g.
+    "By region: WT better (+0.020 [+0.005, +0.043]); ET, TC no detectable difference." """
+    found = [f"{r} {c['verdict']} ({c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}])"
+             for r, c in regions.items() if c["verdict"] != "no detectable difference"]
+    none = [r for r, c in regions.items() if c["verdict"] == "no detectable difference"]
+    if none:
+        found.append(", ".join(none) + " no detectable difference")
+    return "By region: " + "; ".join(found) + "." if found else ""
 
 
 def verdict_sentence(c: dict[str, Any]) -> str:
