@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Open a report in headless Chromium, wait for the case viewer, "
                                              "print its state and optionally save a screenshot.")
     ap.add_argument("page", help="report HTML file or URL")
-    ap.add_argument("--screenshot", help="PNG of the viewer to write")
+    ap.add_argument("--screenshot", help="PNG to write (of the viewer, or of --element)")
     ap.add_argument("--case", help="case id to show")
     ap.add_argument("--errors", action="store_true", help="show the error overlay in the screenshot")
     ap.add_argument("--element", default="#attnseg-viewer",
