@@ -98,6 +98,7 @@ def test_paired_comparison_and_holm_over_modules():
     assert region_clause(regions) == (f"By region: TC better ({rows[0]['diff']:+.3f} [{rows[0]['lo']:+.3f}, "
                                       f"{rows[0]['hi']:+.3f}]); ET, WT no detectable difference.")
     assert region_clause({}) == ""
+    assert "WT consistent over cases but within seed-to-seed variation" in region_clause({"WT": seedy})
     # lower-is-better metrics flip the verdict's direction
     worse = compare_to_none({k: v for k, v in cells.items() if k[1] != "same"}, "dice_mean", higher_is_better=False)
     assert worse[0]["verdict"] == "worse"

@@ -389,12 +389,18 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
 
 def region_clause(regions: Mapping[str, Mapping[str, Any]]) -> str:
     """The per-region Dice verdicts of one module (rows of ``compare_to_none`` keyed by region), e.g.
-    "By region: WT better (+0.020 [+0.005, +0.043]); ET, TC no detectable difference." """
-    found = [f"{r} {c['verdict']} ({c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}])"
-             for r, c in regions.items() if c["verdict"] != "no detectable difference"]
-    none = [r for r, c in regions.items() if c["verdict"] == "no detectable difference"]
+    "By region: WT better (+0.020 [+0.005, +0.043]); ET, TC no detectable difference." (diff [95 % CI])."""
+    def nums(c: Mapping[str, Any]) -> str:
+        return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
+
+    nd = "no detectable difference"
+    found = [f"{r} {c['verdict']} ({nums(c)})" for r, c in regions.items() if c["verdict"] != nd]
+    # consistent over cases (p_Holm < 0.05) while the seed-resampling CI includes 0
+    found += [f"{r} consistent over cases but within seed-to-seed variation ({nums(c)}, p_Holm {c['p_holm']:.2g})"
+              for r, c in regions.items() if c["verdict"] == nd and c["p_holm"] < 0.05]
+    none = [r for r, c in regions.items() if c["verdict"] == nd and c["p_holm"] >= 0.05]
     if none:
-        found.append(", ".join(none) + " no detectable difference")
+        found.append(", ".join(none) + " " + nd)
     return "By region: " + "; ".join(found) + "." if found else ""
 
 
