@@ -273,7 +273,13 @@ def test_item9_ctrl_c_prints_the_resume_command(journey, tmp_path):
     argv = [sys.executable, "-m", "attnseg", "train", "--data", str(journey["ds"]), "--model", "unet",
             "--set", "model.kwargs.features=[4,8]", "--patch-size", "8", "--epochs", "100000", "--val-interval", "0",
             "--device", "cpu", "--output-dir", str(tmp_path), "--name", "long"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a terminal's foreground job takes Ctrl-C; a job started with `&` by a non-interactive shell
+    # (a CI runner's background step) inherits SIGINT ignored, and the run would train on
+    def sigint_default() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=sigint_default)
     last = tmp_path / "long" / "checkpoints" / "last.pt"
     t0 = time.time()
     # a loaded CI machine may take long to import torch: interrupt only once training runs
