@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from attnseg.experiments.ablate import region_clause, verdict_sentence
 from attnseg.experiments.ablate_stats import (
     bootstrap_ci,
     case_means,
@@ -86,14 +87,10 @@ def test_paired_comparison_and_holm_over_modules():
     assert [r["p_holm"] for r in rows] == pytest.approx(holm([r["p"] for r in rows]))
     assert rows[0]["verdict"] == "better"
     assert rows[1]["verdict"] == "no detectable difference"
-    from attnseg.experiments.ablate import verdict_sentence
-
     assert verdict_sentence(rows[0]).startswith("better") and f"{rows[0]['diff']:+.3f}" in verdict_sentence(rows[0])
     assert verdict_sentence(rows[1]).startswith("no detectable difference")
     seedy = {**rows[0], "verdict": "no detectable difference", "lo": -0.01}  # consistent over cases, not seeds
     assert "beyond seed-to-seed variation" in verdict_sentence(seedy)
-    from attnseg.experiments.ablate import region_clause
-
     regions = {"ET": rows[1], "TC": rows[0], "WT": rows[1]}
     assert region_clause(regions) == (f"By region: TC better ({rows[0]['diff']:+.3f} [{rows[0]['lo']:+.3f}, "
                                       f"{rows[0]['hi']:+.3f}]); ET, WT no detectable difference.")

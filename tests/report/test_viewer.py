@@ -26,6 +26,8 @@ import pytest
 from attnseg.cli.main import main
 from attnseg.report import viewer as V
 from attnseg.report.html import build_report
+from attnseg.report.viewer_browser import Chromium
+from attnseg.report.viewer_browser import main as shoot
 
 SHAPE = (22, 20, 12)
 AFFINE = np.array([[0.0, -1.2, 0.0, 20.0], [1.0, 0.0, 0.0, -8.0], [0.0, 0.0, 2.5, 3.0], [0, 0, 0, 1]])
@@ -452,9 +454,6 @@ def test_plain_labels_take_the_dataset_names_and_ct_keeps_negative_values(tmp_pa
 def test_screenshot_of_a_report_section(browser, report, tmp_path):
     """`viewer_browser --element '#slice-weights'` (how docs/figures/report_slice_weights.png is
     made): the PNG is that section, the size of its box, and shows the slice-weight figure."""
-    from attnseg.report.viewer_browser import Chromium
-    from attnseg.report.viewer_browser import main as shoot
-
     assert 'id="slice-weights"' in report.standalone.read_text()
     png = tmp_path / "section.png"
     assert shoot([str(report.standalone), "--screenshot", str(png), "--element", "#slice-weights"]) == 0
