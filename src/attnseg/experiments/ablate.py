@@ -381,24 +381,30 @@ def seeded_statistics(records: Sequence[dict[str, Any]], out: Path, n_boot: int 
         lines += ["", "![forest plot: mean Dice difference per module, 95 % CI](forest.png)", "",
                   "## What the data support", ""]
         for c in forest:
-            lines.append(f"- **{c['backbone']} + {c['attention']}**: {verdict_sentence(c)} "
-                         + region_clause(by_region.get((c["backbone"], c["attention"]), {})))
+            clause = region_clause(by_region.get((c["backbone"], c["attention"]), {}))
+            lines.append(f"- **{c['backbone']} + {c['attention']}**: " + " ".join(filter(None, [verdict_sentence(c),
+                                                                                                clause])))
         lines.append("")
     return lines
 
 
+def _within_seed_noise(c: Mapping[str, Any]) -> bool:
+    """No verdict, yet consistent over cases (p_Holm < 0.05): the CI that also resamples seeds includes 0."""
+    return c["verdict"] == "no detectable difference" and c["p_holm"] < 0.05
+
+
 def region_clause(regions: Mapping[str, Mapping[str, Any]]) -> str:
-    """The per-region Dice verdicts of one module (rows of ``compare_to_none`` keyed by region), e.g.
-    "By region: WT better (+0.020 [+0.005, +0.043]); ET, TC no detectable difference." (diff [95 % CI])."""
+    """The per-region Dice verdicts of one module (rows of ``compare_to_none`` keyed by region) with
+    difference [95 % CI], e.g. "By region: WT better (+0.020 [+0.005, +0.043]); ET, TC no detectable
+    difference."; empty without regions."""
     def nums(c: Mapping[str, Any]) -> str:
         return f"{c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]"
 
     nd = "no detectable difference"
     found = [f"{r} {c['verdict']} ({nums(c)})" for r, c in regions.items() if c["verdict"] != nd]
-    # consistent over cases (p_Holm < 0.05) while the seed-resampling CI includes 0
     found += [f"{r} consistent over cases but within seed-to-seed variation ({nums(c)}, p_Holm {c['p_holm']:.2g})"
-              for r, c in regions.items() if c["verdict"] == nd and c["p_holm"] < 0.05]
-    none = [r for r, c in regions.items() if c["verdict"] == nd and c["p_holm"] >= 0.05]
+              for r, c in regions.items() if _within_seed_noise(c)]
+    none = [r for r, c in regions.items() if c["verdict"] == nd and not _within_seed_noise(c)]
     if none:
         found.append(", ".join(none) + " " + nd)
     return "By region: " + "; ".join(found) + "." if found else ""
@@ -412,7 +418,7 @@ def verdict_sentence(c: dict[str, Any]) -> str:
         return f"better than without attention ({nums})."
     if c["verdict"] == "worse":
         return f"worse than without attention ({nums})."
-    if c["p_holm"] < 0.05:  # consistent over cases, but not beyond what another set of seeds could give
+    if _within_seed_noise(c):  # consistent over cases, but not beyond what another set of seeds could give
         return (f"no detectable difference beyond seed-to-seed variation: the seed-averaged scores differ "
                 f"consistently over cases, but the CI that also resamples the seeds includes 0 ({nums}).")
     return f"no detectable difference from the backbone without attention ({nums})."
